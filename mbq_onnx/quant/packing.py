@@ -16,7 +16,7 @@ def split_slices(codes: np.ndarray, spec: QuantSpec) -> list[np.ndarray]:
     codes = np.asarray(codes, dtype=np.uint8)
     b_total = spec.total_bits
     return [
-        ((codes >> (b_total - c)) & ((1 << b)) - 1).astype(np.uint8)
+        ((codes >> (b_total - c)) & (1 << b) - 1).astype(np.uint8)
         for b, c in zip(spec.slice_bits, spec.cum_bits, strict=True)
     ]
 
@@ -53,15 +53,17 @@ def unpack(packed: np.ndarray, spec: QuantSpec, n: int, k: int, n_slices: int | 
     """Inverse of :func:`pack`: B-bit codes ``[N, K]`` with slices beyond ``n_slices`` left zero."""
     packed = np.asarray(packed, dtype=np.uint8).ravel()
     if packed.size != spec.packed_nbytes(n, k):
-        raise ValueError(f"packed buffer has {packed.size} bytes, expected {spec.packed_nbytes(n, k)} for "
-                         f"N={n}, K={k}, slices={list(spec.slice_bits)}, group={spec.group_size}")
+        raise ValueError(
+            f"packed buffer has {packed.size} bytes, expected {spec.packed_nbytes(n, k)} for "
+            f"N={n}, K={k}, slices={list(spec.slice_bits)}, group={spec.group_size}"
+        )
     n_slices = spec.num_slices if n_slices is None else n_slices
     codes = np.zeros((n, k), dtype=np.uint8)
     offset = 0
     for j, (b, c) in enumerate(zip(spec.slice_bits, spec.cum_bits, strict=True)):
         nbytes = spec.plane_nbytes(j, n, k)
         if j < n_slices:
-            plane = packed[offset:offset + nbytes].reshape(n, spec.num_groups(k), -1)
+            plane = packed[offset : offset + nbytes].reshape(n, spec.num_groups(k), -1)
             bits = np.unpackbits(plane, axis=-1, bitorder="little").reshape(n, -1, spec.group_size, b)
             values = (bits << np.arange(b, dtype=np.uint8)).sum(-1, dtype=np.uint8).reshape(n, -1)[:, :k]
             codes |= values << (spec.total_bits - c)

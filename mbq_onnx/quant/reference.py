@@ -17,15 +17,16 @@ def truncation_offset(spec: QuantSpec, n_slices: int) -> float:
     return ((1 << (spec.total_bits - spec.bits_at(n_slices))) - 1) / 2.0
 
 
-def dequantize(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, spec: QuantSpec,
-               n_slices: int) -> np.ndarray:
+def dequantize(
+    codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, spec: QuantSpec, n_slices: int
+) -> np.ndarray:
     """Weights ``[N, K]`` (float64) reconstructed from the first ``n_slices`` slices.
 
     ``w = scale * ((code >> (B-c)) * 2^(B-c) + (2^(B-c) - 1)/2 - zero)`` with c the precision in bits;
     scales/zeros are per (output channel, group) ``[N, n_groups]``.
     """
     codes = np.asarray(codes)
-    n, k = codes.shape
+    _n, k = codes.shape
     shift = spec.total_bits - spec.bits_at(n_slices)
     q = ((codes.astype(np.int64) >> shift) << shift).astype(np.float64) + truncation_offset(spec, n_slices)
     group_of_col = np.arange(k) // spec.group_size
@@ -34,9 +35,16 @@ def dequantize(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, spec: Q
     return s * (q - z)
 
 
-def mixed_bit_matmul(a: np.ndarray, slice_count: np.ndarray, packed: np.ndarray, scales: np.ndarray,
-                     zeros: np.ndarray, spec: QuantSpec, n: int) -> np.ndarray:
-    """Reference MixedBitMatMul: row r of ``a [..., K]`` uses ``slice_count[r]`` slices; returns ``[..., N]``."""
+def mixed_bit_matmul(
+    a: np.ndarray,
+    slice_count: np.ndarray,
+    packed: np.ndarray,
+    scales: np.ndarray,
+    zeros: np.ndarray,
+    spec: QuantSpec,
+    n: int,
+) -> np.ndarray:
+    """MixedBitMatMul reference: row r of ``a [..., K]`` uses ``slice_count[r]`` slices."""
     a = np.asarray(a, dtype=np.float64)
     k = a.shape[-1]
     counts = np.asarray(slice_count).reshape(-1)

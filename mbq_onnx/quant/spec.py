@@ -25,9 +25,13 @@ class QuantSpec:
         if not bits:
             raise ValueError("slice_bits is empty: give at least one slice width, e.g. 4,2,2")
         if any(b < 1 or b > MAX_TOTAL_BITS for b in bits):
-            raise ValueError(f"slice_bits {list(bits)}: every slice needs 1..8 bits (a 0-bit slice is not a slice)")
+            raise ValueError(
+                f"slice_bits {list(bits)}: every slice needs 1..8 bits (a 0-bit slice is not a slice)"
+            )
         if sum(bits) > MAX_TOTAL_BITS:
-            raise ValueError(f"slice_bits {list(bits)} sum to {sum(bits)} bits; at most {MAX_TOTAL_BITS} are supported")
+            raise ValueError(
+                f"slice_bits {list(bits)} sum to {sum(bits)} bits; at most {MAX_TOTAL_BITS} are supported"
+            )
         g = int(self.group_size)
         object.__setattr__(self, "group_size", g)
         if g < 16 or g & (g - 1):
@@ -54,7 +58,7 @@ class QuantSpec:
         return self.cum_bits[n_slices - 1]
 
     def num_groups(self, k: int) -> int:
-        """Groups per output channel; the last one is ragged (zero-padded) when group_size does not divide K."""
+        """Groups per output channel; the last is ragged (zero-padded) when group_size does not divide K."""
         return -(-k // self.group_size)
 
     def plane_nbytes(self, slice_index: int, n: int, k: int) -> int:
@@ -70,5 +74,7 @@ class QuantSpec:
         try:
             bits = tuple(int(s) for s in slices.split(","))
         except ValueError:
-            raise ValueError(f"--slices {slices!r}: expected comma-separated integers such as 4,2,2") from None
+            raise ValueError(
+                f"--slices {slices!r}: expected comma-separated integers such as 4,2,2"
+            ) from None
         return cls(bits, group_size)

@@ -1,0 +1,125 @@
+// Internal kernel interface of libmbq_ops: every ISA (portable C++, x86 AVX2, ARM NEON)
+// implements the same KernelTable against the same prepacked weights. The wire format
+// (the ONNX initializer) is described in custom_ops/README.md; this header describes the
+// *prepacked* (in-memory) format that MixedBitMatMul builds once at kernel creation.
+//
+// Prepacked format
+// ----------------
+// A weight code q[n, i] has B = sum(slice_bits) bits. Slice j (1-based) holds bits
+// [B - c_j, B - c_{j-1}) of q. Each slice of width b is split into *sub-planes* whose widths
+// are powers of two (b = 8 -> 8, 7 -> 4+2+1, 6 -> 4+2, 5 -> 4+1, 4 -> 4, 3 -> 2+1, 2 -> 2,
+// 1 -> 1; the widest part holds the slice's most significant bits). Sub-plane p has width
+// w_p in {1, 2, 4, 8} and a shift s_p: its value v contributes v << s_p to q.
+// Using k slices means using sub-planes [0, SliceRange::end(k)) and nothing else, so a
+// row with k slices reads only those bytes.
+//
+// K is padded to Kp = ceil(K / 32) * 32 (padding codes are 0; kernels see activations padded
+// with zeros to Kp). Each sub-plane is one contiguous array [N][Kp / 32][4 * w] bytes: per
+// output channel n, blocks of 32 consecutive values along K, each block 4*w bytes. Inside a
+// block (nb = 4*w bytes), value i (0..31) lives in byte (i % nb), bits [w*(i / nb), +w).
+//   w = 8: byte i is value i.
+//   w = 4: byte t holds value t (low nibble) and value t+16 (high nibble).
+//   w = 2: byte t holds values t, t+8, t+16, t+24 in bits 0-1, 2-3, 4-5, 6-7.
+//   w = 1: byte t holds values t, t+4, ..., t+28 in bits 0..7.
+// This lets a SIMD kernel expand a block into 32 in-order bytes with broadcasts, shifts and
+// one AND, for any width (NEON and AVX2 alike).
+//
+// Scales and zero points are float arrays [N][G] (G = ceil(K / group_size), zeros converted
+// to float). The dequantized weight used by a row with k slices is
+//   w_k[n, i] = scale[n, g] * (qk[n, i] + offset[k] - zero[n, g]),  g = i / group_size,
+// where qk is q with the sub-planes of slices > k left out and offset[k] = (2^(B - c_k) - 1) / 2.
+// Groups are >= 16 values and a multiple of 16, so an 8-value chunk never straddles a group
+// (a 32-value block may cover two groups of 16).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace mbq {
+
+constexpr int kMaxSlices = 8;
+constexpr int kMaxSubPlanes = 16;
+constexpr int kBlock = 32;  // values per prepacked block along K
+
+struct SubPlane {
+  int bits = 0;                  // w in {1, 2, 4, 8}
+  int shift = 0;                 // position of the value inside the B-bit code
+  const uint8_t* data = nullptr; // [N][Kp / 32][4 * bits]
+  size_t row_bytes = 0;          // bytes per output channel = Kp / 32 * 4 * bits
+};
+
+struct PackedWeights {
+  int K = 0, N = 0, group_size = 0, G = 0, Kp = 0;
+  int num_slices = 0, total_bits = 0;
+  int slice_bits[kMaxSlices] = {};
+  int num_subplanes = 0;
+  SubPlane sub[kMaxSubPlanes];
+  int subplane_end[kMaxSlices + 1] = {};  // slices 1..k use sub-planes [0, subplane_end[k])
+  float offset[kMaxSlices + 1] = {};      // offset[k] = (2^(B - c_k) - 1) / 2
+  const float* scales = nullptr;          // [N][G]
+  const float* zeros = nullptr;           // [N][G]
+
+  // Owned storage behind the pointers above.
+  std::vector<uint8_t> storage;
+  std::vector<float> scale_storage, zero_storage;
+};
+
+// Y[0, n] = sum_i a[i] * w_k[n, i] for n in [n0, n1). `a` has Kp floats (zero padded);
+// `asum` has G floats: asum[g] = sum of a over group g. `y` is indexed by absolute n.
+using GemvFn = void (*)(const PackedWeights& w, int k_slices, const float* a, const float* asum,
+                        float* y, int n0, int n1);
+
+// Y[r, n] = sum_i A[r, i] * w_k[n, i] for r in [0, m), n in [n0, n1). A rows have stride lda
+// (>= Kp, zero padded beyond K); Y rows have stride ldy. `scratch` holds at least
+// gemm_scratch_floats(w) floats private to the calling thread.
+using GemmFn = void (*)(const PackedWeights& w, int k_slices, const float* a, size_t lda, int m,
+                        float* y, size_t ldy, int n0, int n1, float* scratch);
+
+// Int8-activation GEMV (opt-in, attribute accuracy_level=4): activations quantized per block of 32
+// (Q8_0-like): a[i] ~= qscale[i / 32] * qa[i], qa in [-127, 127], Kp values (zero padded).
+// qasum[g] = sum over group g of the *dequantized* activations (so zero points stay consistent).
+using GemvQ8Fn = void (*)(const PackedWeights& w, int k_slices, const int8_t* qa, const float* qscale,
+                          const float* qasum, float* y, int n0, int n1);
+
+struct KernelTable {
+  const char* name;    // "ref", "avx2", "neon", ...
+  GemvFn gemv;
+  GemmFn gemm;
+  int n_align;         // callers split N into ranges that are multiples of this (except the tail)
+  GemvQ8Fn gemv_q8 = nullptr;  // optional; without it accuracy_level=4 runs the float path
+};
+
+// Quantize one activation row (Kp floats, zero padded) for GemvQ8Fn.
+void quantize_row_q8(const PackedWeights& w, const float* a, int8_t* qa, float* qscale, float* qasum);
+
+// Floats of per-thread scratch that any GemmFn may use.
+size_t gemm_scratch_floats(const PackedWeights& w);
+
+// Build the prepacked form from the wire format (custom_ops/README.md). `packed` must
+// already be validated to hold exactly the expected number of bytes.
+void prepack(PackedWeights& out, int K, int N, int group_size, const int* slice_bits, int num_slices,
+             const uint8_t* packed, const float* scales, const uint8_t* zeros);
+
+// Per-ISA tables. A table getter returns nullptr when its ISA is not compiled in.
+const KernelTable* kernels_ref();
+const KernelTable* kernels_avx2();          // x86-64, needs AVX2 + FMA at run time
+const KernelTable* kernels_neon();          // aarch64 (kernel_neon.cpp)
+const KernelTable* kernels_neon_dotprod();  // aarch64 + dotprod (optional; may return nullptr)
+
+// Picks the best table the running CPU supports. Env MBQ_KERNEL=ref|avx2|neon|neon_dotprod
+// forces a table (error if unavailable on this CPU/build). `error` is set on failure.
+const KernelTable* select_kernels(const char* forced, const char** error);
+
+// Names of the tables usable on this CPU, best last (for tests and --help).
+std::vector<const char*> available_kernels();
+
+// Scalar helper shared by kernels: expand block `blk` of sub-plane `p` for output channel n
+// into 32 values (0 .. 2^w - 1), in order.
+inline void expand_block_scalar(const SubPlane& p, int n, int blk, uint8_t out[kBlock]) {
+  const int w = p.bits, nb = 4 * w, mask = (1 << w) - 1;
+  const uint8_t* src = p.data + static_cast<size_t>(n) * p.row_bytes + static_cast<size_t>(blk) * nb;
+  for (int i = 0; i < kBlock; ++i) out[i] = static_cast<uint8_t>((src[i % nb] >> (w * (i / nb))) & mask);
+}
+
+}  // namespace mbq

@@ -1,0 +1,139 @@
+// Wire format (custom_ops/README.md) -> prepacked sub-plane format (mbq_kernels.h).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "mbq_kernels.h"
+
+namespace mbq {
+
+namespace {
+
+// Power-of-two parts of a slice width, widest (most significant) first: 7 -> {4, 2, 1}.
+int split_width(int b, int parts[4]) {
+  int n = 0;
+  for (int w = 8; w >= 1; w >>= 1) {
+    if (b & w) parts[n++] = w;
+  }
+  return n;
+}
+
+// Value i (0-based inside its group) of a little-endian b-bit stream starting at `src`.
+inline unsigned read_bits(const uint8_t* src, int b, int i) {
+  const int bit = i * b;
+  const int byte = bit >> 3, off = bit & 7;
+  unsigned v = src[byte];
+  if (off + b > 8) v |= static_cast<unsigned>(src[byte + 1]) << 8;
+  return (v >> off) & ((1u << b) - 1u);
+}
+
+}  // namespace
+
+void quantize_row_q8(const PackedWeights& w, const float* a, int8_t* qa, float* qscale, float* qasum) {
+  std::fill(qasum, qasum + w.G, 0.f);
+  for (int blk = 0; blk * kBlock < w.Kp; ++blk) {
+    const float* x = a + blk * kBlock;
+    float amax = 0.f;
+    for (int i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float s = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+    qscale[blk] = s;
+    for (int i = 0; i < kBlock; ++i) {
+      const int v = static_cast<int>(std::nearbyint(x[i] * inv));
+      qa[blk * kBlock + i] = static_cast<int8_t>(std::min(127, std::max(-127, v)));
+      const int g = (blk * kBlock + i) / w.group_size;
+      if (g < w.G) qasum[g] += s * qa[blk * kBlock + i];
+    }
+  }
+}
+
+size_t gemm_scratch_floats(const PackedWeights& w) { return static_cast<size_t>(w.Kp) * 8 + 64; }
+
+void prepack(PackedWeights& out, int K, int N, int group_size, const int* slice_bits, int num_slices,
+             const uint8_t* packed, const float* scales, const uint8_t* zeros) {
+  out.K = K;
+  out.N = N;
+  out.group_size = group_size;
+  out.G = (K + group_size - 1) / group_size;
+  out.Kp = (K + kBlock - 1) / kBlock * kBlock;
+  out.num_slices = num_slices;
+  int total = 0;
+  for (int j = 0; j < num_slices; ++j) total += (out.slice_bits[j] = slice_bits[j]);
+  out.total_bits = total;
+
+  // Sub-plane table.
+  struct Part { int slice, lo, bits; };
+  Part parts[kMaxSubPlanes];
+  int np = 0, cum = 0;
+  size_t bytes = 0;
+  const size_t blocks = static_cast<size_t>(out.Kp / kBlock);
+  out.subplane_end[0] = 0;
+  out.offset[0] = 0.f;
+  for (int j = 0; j < num_slices; ++j) {
+    const int b = slice_bits[j];
+    cum += b;
+    const int slice_lo = total - cum;
+    int widths[4];
+    const int nw = split_width(b, widths);
+    int rem = b;
+    for (int t = 0; t < nw; ++t) {
+      rem -= widths[t];
+      parts[np] = {j, rem, widths[t]};
+      out.sub[np].bits = widths[t];
+      out.sub[np].shift = slice_lo + rem;
+      out.sub[np].row_bytes = blocks * 4 * widths[t];
+      bytes += out.sub[np].row_bytes * static_cast<size_t>(N);
+      ++np;
+    }
+    out.subplane_end[j + 1] = np;
+    out.offset[j + 1] = static_cast<float>(((1 << (total - cum)) - 1) / 2.0);
+  }
+  out.num_subplanes = np;
+  out.storage.assign(bytes + 64, 0);
+  size_t pos = 0;
+  for (int p = 0; p < np; ++p) {
+    out.sub[p].data = out.storage.data() + pos;
+    pos += out.sub[p].row_bytes * static_cast<size_t>(N);
+  }
+
+  // Wire plane offsets.
+  size_t plane_off[kMaxSlices];
+  size_t off = 0;
+  for (int j = 0; j < num_slices; ++j) {
+    plane_off[j] = off;
+    off += static_cast<size_t>(N) * out.G * group_size * slice_bits[j] / 8;
+  }
+
+  std::vector<uint8_t> row(out.Kp);
+  for (int j = 0; j < num_slices; ++j) {
+    const int b = slice_bits[j];
+    const size_t group_bytes = static_cast<size_t>(group_size) * b / 8;
+    for (int n = 0; n < N; ++n) {
+      std::fill(row.begin(), row.end(), 0);
+      const uint8_t* src_row = packed + plane_off[j] + static_cast<size_t>(n) * out.G * group_bytes;
+      for (int i = 0; i < K; ++i) {
+        const int g = i / group_size;
+        row[i] = static_cast<uint8_t>(read_bits(src_row + g * group_bytes, b, i - g * group_size));
+      }
+      for (int p = out.subplane_end[j]; p < out.subplane_end[j + 1]; ++p) {
+        const int w = parts[p].bits, lo = parts[p].lo, nb = 4 * w, mask = (1 << w) - 1;
+        uint8_t* dst = const_cast<uint8_t*>(out.sub[p].data) + static_cast<size_t>(n) * out.sub[p].row_bytes;
+        for (size_t blk = 0; blk < blocks; ++blk) {
+          uint8_t* d = dst + blk * nb;
+          for (int i = 0; i < kBlock; ++i) {
+            const unsigned v = (row[blk * kBlock + i] >> lo) & mask;
+            d[i % nb] = static_cast<uint8_t>(d[i % nb] | (v << (w * (i / nb))));
+          }
+        }
+      }
+    }
+  }
+
+  const size_t ng = static_cast<size_t>(N) * out.G;
+  out.scale_storage.assign(scales, scales + ng);
+  out.zero_storage.resize(ng);
+  for (size_t t = 0; t < ng; ++t) out.zero_storage[t] = static_cast<float>(zeros[t]);
+  out.scales = out.scale_storage.data();
+  out.zeros = out.zero_storage.data();
+}
+
+}  // namespace mbq

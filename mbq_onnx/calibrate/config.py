@@ -1,0 +1,81 @@
+"""Calibration hyper-parameters and the named presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+ROUTER_GRANULARITIES = ("linear", "block")
+LOSS_WEIGHTINGS = ("relative", "mean")
+
+
+def default_tau_grid() -> tuple[float, ...]:
+    """τ = 0.05, 0.10, …, 0.95."""
+    return tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """How one calibration runs (data size, epochs, optimiser, routers, loss).
+
+    - ``base_epochs``: stage 1, the base slice alone; ``epochs``: stage 2, all slices jointly + routers.
+    - ``loss_weighting``: ``"relative"`` divides each precision's block-output MSE by its RTN starting
+      MSE (every precision counts equally, the 8-bit error is not drowned by the 4-bit one);
+      ``"mean"`` averages the raw MSEs.
+    - ``hinge_weight``: stage-2 penalty ``Σ_k relu(MSE_k / RTN_k - 1)`` — no precision should end worse
+      than its RTN start (the shared clipping favours low precisions otherwise).
+    - ``guard``: after training a block, shrink the learned clipping toward 1 (RTN) in steps until
+      every precision's block MSE is at most its RTN MSE.
+    - ``budget_weight``: λ of the router's bit-budget penalty ``λ·(bits - b_1)/(B - b_1)``, against the
+      routed output MSE relative to the base slice's RTN MSE.
+    """
+
+    samples: int = 128
+    seqlen: int = 2048
+    base_epochs: int = 1
+    epochs: int = 4
+    batch_size: int = 1
+    lr_lwc: float = 5e-3
+    lr_router: float = 5e-3
+    weight_decay: float = 0.0
+    router: str = "linear"
+    router_hidden: int = 16
+    train_tau: float = 0.5
+    budget_weight: float = 0.5
+    loss_weighting: str = "relative"
+    hinge_weight: float = 1.0
+    guard: bool = True
+    tau_grid: tuple[float, ...] = field(default_factory=default_tau_grid)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "seqlen", "batch_size", "router_hidden"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seqlen < 2:
+            raise ValueError(f"seqlen must be >= 2, got {self.seqlen}")
+        if self.base_epochs < 0 or self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0 (got base_epochs={self.base_epochs}, epochs={self.epochs})")
+        if self.router not in ROUTER_GRANULARITIES:
+            raise ValueError(f"router {self.router!r}: choose one of {list(ROUTER_GRANULARITIES)}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting {self.loss_weighting!r}: choose one of {list(LOSS_WEIGHTINGS)}")
+        if not 0 < self.train_tau < 1 or any(not 0 < t < 1 for t in self.tau_grid):
+            raise ValueError("train_tau and every tau_grid value must lie strictly between 0 and 1")
+
+    def with_overrides(self, **kwargs: Any) -> CalibConfig:
+        """A copy with the given non-``None`` fields replaced."""
+        return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tau_grid"] = list(self.tau_grid)
+        return d
+
+
+PRESETS: dict[str, CalibConfig] = {
+    # a small smoke-level calibration: minutes on 2 idle CPU cores for the embedded 135M model
+    "fast": CalibConfig(samples=16, seqlen=128, base_epochs=1, epochs=2, batch_size=4, lr_lwc=1e-2),
+    # the paper's setting: 128 samples x 2048 tokens (hours on a CPU)
+    "paper": CalibConfig(samples=128, seqlen=2048, base_epochs=2, epochs=10, batch_size=1),
+}

@@ -1,0 +1,405 @@
+"""One calibration for all precisions, block by block (OmniQuant-style), with router training.
+
+For each decoder block in turn: the float block's output on the float input stream is the
+target; each precision k keeps its own input stream (the outputs of the already-calibrated
+blocks at k slices), so errors accumulate as they will at inference. Stage 1 trains the
+clipping for the base slice alone; stage 2 trains it for all precisions jointly (loss averaged
+over precisions) together with the routers (straight-through hard gates at ``train_tau`` and a
+bit-budget penalty). Only one block's activations and parameters are trained at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from ..model.routing import SliceRouter, slice_counts, slice_gates
+from ..quant import residual
+from ..quant.spec import QuantSpec
+from .config import CalibConfig
+from .trainable import ROUTED, CalibLinear
+
+
+@dataclass
+class CalibrationResult:
+    """Everything a calibration produces; :func:`~mbq_onnx.calibrate.write_artifact` stores it.
+
+    ``params[name] = (scale, zero)`` (each ``[N, G]``) per decoder linear; ``routers`` by linear name
+    (granularity ``"linear"``) or block name such as ``model.layers.0`` (``"block"``); empty for ``"none"``.
+    """
+
+    spec: QuantSpec
+    params: dict[str, tuple[Tensor, Tensor]]
+    routers: dict[str, SliceRouter]
+    granularity: str
+    router_hidden: int
+    tau_table: list[dict[str, float]]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """``(qualified name, blocks)`` of a transformers causal LM's decoder layers."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise ValueError(f"{type(model).__name__}: no decoder blocks found (expected model.get_decoder().layers)")
+    for name, module in model.named_modules():
+        if module is layers:
+            return name, layers
+    raise ValueError("decoder layers are not registered as a submodule of the model")
+
+
+def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` modules of one block, by name relative to the block."""
+    return {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, input_ids: Tensor
+                         ) -> tuple[Tensor, dict[str, Any]]:
+    """Hidden states entering the first block ``[n, L, H]`` and the block's keyword arguments
+    (rotary embeddings, mask, positions; captured at batch size 1, they broadcast over a batch)."""
+    states: list[Tensor] = []
+    kwargs_seen: dict[str, Any] = {}
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        states.append(hidden.detach().float())
+        kwargs_seen.clear()
+        kwargs_seen.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _Stop
+
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for row in input_ids:
+            with contextlib.suppress(_Stop):
+                model(input_ids=row[None], use_cache=False)
+    finally:
+        handle.remove()
+    for key in ("cache", "past_key_values", "past_key_value"):
+        kwargs_seen.pop(key, None)
+    kwargs_seen["use_cache"] = False
+    return torch.cat(states), kwargs_seen
+
+
+def _run(block: nn.Module, x: Tensor, kw: dict[str, Any]) -> Tensor:
+    out = block(x, **kw)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def _map_batches(block: nn.Module, x: Tensor, kw: dict[str, Any], batch: int) -> Tensor:
+    return torch.cat([_run(block, x[i : i + batch], kw) for i in range(0, x.shape[0], batch)])
+
+
+@torch.no_grad()
+def _mse(block: nn.Module, x: Tensor, target: Tensor, kw: dict[str, Any], batch: int) -> float:
+    total = 0.0
+    for i in range(0, x.shape[0], batch):
+        total += F.mse_loss(_run(block, x[i : i + batch], kw), target[i : i + batch], reduction="sum").item()
+    return total / target.numel()
+
+
+class _CountStats:
+    """Slice counts and bits summed per τ of a grid over routed calls (the τ → average-bits table).
+
+    Every routed call (a linear with its router, or a block router) counts once per token, as in
+    the :class:`~mbq_onnx.model.routing.RoutingContext` records.
+    """
+
+    def __init__(self, tau_grid: Sequence[float], spec: QuantSpec):
+        self.tau = torch.tensor(list(tau_grid), dtype=torch.float32)
+        self.bits_of = torch.tensor((0, *spec.cum_bits), dtype=torch.float64)
+        self.slices = torch.zeros(len(tau_grid), dtype=torch.float64)
+        self.bits = torch.zeros(len(tau_grid), dtype=torch.float64)
+        self.tokens = 0
+
+    @torch.no_grad()
+    def add(self, logits: Tensor) -> None:
+        flat = logits.reshape(-1, logits.shape[-1])
+        for i, t in enumerate(self.tau):
+            counts = slice_counts(flat, t)
+            self.slices[i] += counts.double().sum()
+            self.bits[i] += self.bits_of[counts].sum()
+        self.tokens += flat.shape[0]
+
+    def table(self) -> list[dict[str, float]]:
+        if not self.tokens:
+            return []
+        return [{"tau": round(t, 4), "avg_slices": s / self.tokens, "avg_bits": b / self.tokens}
+                for t, s, b in zip(self.tau.tolist(), self.slices.tolist(), self.bits.tolist(), strict=True)]
+
+
+class _BlockCalibrator:
+    """Trains one block's clipping logits and routers, then packs it."""
+
+    def __init__(self, block: nn.Module, block_name: str, spec: QuantSpec, cfg: CalibConfig,
+                 precisions: list[int], train_routers: bool, kw: dict[str, Any]):
+        self.block, self.block_name, self.spec, self.cfg = block, block_name, spec, cfg
+        self.precisions, self.kw = precisions, kw
+        self.train_routers = train_routers
+        self.originals = block_linears(block)
+        self.wrapped: dict[str, CalibLinear] = {}
+        per_linear = train_routers and cfg.router == "linear"
+        for name, linear in self.originals.items():
+            router = SliceRouter(linear.in_features, spec.num_slices, cfg.router_hidden) if per_linear else None
+            wrapped = CalibLinear(linear, spec, router)
+            self.wrapped[name] = wrapped
+            _set_submodule(block, name, wrapped)
+        self.block_router: SliceRouter | None = None
+        self._hook = None
+        if train_routers and cfg.router == "block":
+            hidden = next(iter(self.originals.values())).in_features
+            self.block_router = SliceRouter(hidden, spec.num_slices, cfg.router_hidden)
+            self._hook = block.register_forward_pre_hook(self._block_gates, with_kwargs=True)
+        self.stats: list[_CountStats] = []
+
+    # -- modes
+    def _block_gates(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        routed = any(w.mode == ROUTED for w in self.wrapped.values())
+        gates = None
+        if routed:
+            gates = slice_gates(self.block_router(hidden), self.cfg.train_tau, hard=True)
+        elif self.stats and self.block_router is not None:
+            self.stats[0].add(self.block_router(hidden))
+        for w in self.wrapped.values():
+            w.block_gates = gates
+
+    def set_mode(self, mode: int | str | None, use_lwc: bool = True) -> None:
+        for w in self.wrapped.values():
+            w.mode, w.use_lwc = mode, use_lwc
+
+    def parameters(self, which: str) -> list[nn.Parameter]:
+        if which == "lwc":
+            return [p for w in self.wrapped.values() for p in (w.clip_lo, w.clip_hi)]
+        params = [p for w in self.wrapped.values() if w.router is not None for p in w.router.parameters()]
+        if self.block_router is not None:
+            params += list(self.block_router.parameters())
+        return params
+
+    # -- training
+    def losses(self, inputs: dict[int, Tensor], target: Tensor, use_lwc: bool) -> dict[int, float]:
+        out = {}
+        for k in self.precisions:
+            self.set_mode(k, use_lwc)
+            out[k] = _mse(self.block, inputs[k], target, self.kw, self.cfg.batch_size)
+        return out
+
+    def train(self, inputs: dict[int, Tensor], target: Tensor, rtn: dict[int, float],
+              generator: torch.Generator) -> dict[str, list[float]]:
+        cfg, spec = self.cfg, self.spec
+        weights = {k: (1.0 / max(rtn[k], 1e-30) if cfg.loss_weighting == "relative" else 1.0)
+                   for k in self.precisions}
+        norm = sum(weights.values())
+        base_ref = 1.0 / max(rtn[min(self.precisions)], 1e-30)
+        n = target.shape[0]
+        history: dict[str, list[float]] = {"stage1": [], "stage2": []}
+        stages = []
+        if cfg.base_epochs and len(self.precisions) > 1 and 1 in self.precisions:
+            stages.append(("stage1", cfg.base_epochs, [1], False))
+        stages.append(("stage2", cfg.epochs, self.precisions, self.train_routers))
+        for stage, epochs, precs, routers in stages:
+            groups = [{"params": self.parameters("lwc"), "lr": cfg.lr_lwc}]
+            if routers:
+                groups.append({"params": self.parameters("routers"), "lr": cfg.lr_router})
+            opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+            steps_per_epoch = math.ceil(n / cfg.batch_size)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * steps_per_epoch))
+            for _ in range(epochs):
+                order = torch.randperm(n, generator=generator)
+                epoch_loss = 0.0
+                for s in range(steps_per_epoch):
+                    idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                    tgt = target[idx]
+                    loss = torch.zeros(())
+                    for k in precs:
+                        self.set_mode(k)
+                        mse = F.mse_loss(_run(self.block, inputs[k][idx], self.kw), tgt)
+                        loss = loss + (weights[k] / norm if stage == "stage2" else weights[k]) * mse
+                        if cfg.hinge_weight and stage == "stage2":  # no precision worse than its RTN start
+                            loss = loss + cfg.hinge_weight * F.relu(mse / max(rtn[k], 1e-30) - 1.0)
+                    if routers:
+                        self.set_mode(ROUTED)
+                        top = inputs[max(self.precisions)][idx]
+                        routed = F.mse_loss(_run(self.block, top, self.kw), tgt) * base_ref
+                        bits = torch.stack([w.last_bits.mean() for w in self.wrapped.values()]).mean()
+                        frac = (bits - spec.slice_bits[0]) / (spec.total_bits - spec.slice_bits[0])
+                        loss = loss + routed + cfg.budget_weight * frac
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    epoch_loss += loss.item()
+                history[stage].append(epoch_loss / steps_per_epoch)
+        self.set_mode(None)
+        return history
+
+    @torch.no_grad()
+    def guard(self, inputs: dict[int, Tensor], target: Tensor, rtn: dict[int, float],
+              final: dict[int, float]) -> tuple[dict[int, float], float]:
+        """Pull the clipping back toward RTN (factor 1) until no precision's MSE exceeds its RTN MSE.
+
+        Returns the losses and the kept fraction α of the learned clipping (1 = as trained, 0 = RTN).
+        """
+        if all(final[k] <= rtn[k] for k in self.precisions):
+            return final, 1.0
+        learned = {n: (w.clip_lo.detach().clone(), w.clip_hi.detach().clone()) for n, w in self.wrapped.items()}
+        for alpha in (0.75, 0.5, 0.25, 0.0):
+            for n, w in self.wrapped.items():
+                lo, hi = learned[n]
+                w.clip_lo.copy_(1 - alpha * (1 - lo.clamp(max=1)))
+                w.clip_hi.copy_(1 - alpha * (1 - hi.clamp(max=1)))
+            final = self.losses(inputs, target, use_lwc=True)
+            if alpha == 0.0 or all(final[k] <= rtn[k] for k in self.precisions):
+                return final, alpha
+        return final, 0.0
+
+    # -- results
+    @torch.no_grad()
+    def propagate(self, inputs: dict[int, Tensor], stats: _CountStats | None) -> dict[int, Tensor]:
+        """Each precision's stream through this (quantized) block; τ statistics on the top stream."""
+        out = {}
+        top = max(self.precisions)
+        for k in self.precisions:
+            self.set_mode(k)
+            record = stats is not None and k == top
+            self.stats = [stats] if record and self.block_router is not None else []
+            for w in self.wrapped.values():
+                w.count_stats = stats if record and w.router is not None else None
+            out[k] = _map_batches(self.block, inputs[k], self.kw, self.cfg.batch_size)
+        self.stats = []
+        for w in self.wrapped.values():
+            w.count_stats = None
+        self.set_mode(None)
+        return out
+
+    @torch.no_grad()
+    def export(self) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, SliceRouter]]:
+        params: dict[str, tuple[Tensor, Tensor]] = {}
+        routers: dict[str, SliceRouter] = {}
+        for name, w in self.wrapped.items():
+            scale, zero = w.quant_params()
+            full = f"{self.block_name}.{name}"
+            params[full] = (scale.detach().clone(), torch.round(zero.detach()).clone())
+            if w.router is not None:
+                routers[full] = w.router.requires_grad_(False).eval()
+        if self.block_router is not None:
+            routers[self.block_name] = self.block_router.requires_grad_(False).eval()
+        return params, routers
+
+    def restore(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+        for name, linear in self.originals.items():
+            _set_submodule(self.block, name, linear)
+
+
+def calibrate_blocks(model: nn.Module, spec: QuantSpec, input_ids: Tensor, config: CalibConfig | None = None, *,
+                     precisions: Sequence[int] | None = None, progress: bool = True) -> CalibrationResult:
+    """Calibrate every decoder linear of ``model`` for all slice counts of ``spec`` at once.
+
+    ``input_ids``: calibration token windows ``[n, L]`` (see :func:`mbq_onnx.assets.calibration_samples`).
+    ``precisions``: slice counts the loss covers (default all ``1..S``); ``[k]`` alone is the
+    bit-specific same-method baseline (no routers are trained then). The model is left unchanged.
+    """
+    cfg = config or CalibConfig()
+    all_precisions = list(range(1, spec.num_slices + 1))
+    precs = sorted(set(precisions)) if precisions is not None else all_precisions
+    if not precs or any(k not in all_precisions for k in precs):
+        raise ValueError(f"precisions {list(precisions or [])} must be slice counts within 1..{spec.num_slices}")
+    if input_ids.ndim != 2 or input_ids.shape[1] < 2:
+        raise ValueError(f"input_ids must be [n, L] with L >= 2, got {tuple(input_ids.shape)}")
+    train_routers = spec.num_slices > 1 and precs == all_precisions
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    blocks_name, blocks = decoder_blocks(model)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    fp_in, kw = capture_block_inputs(model, blocks, input_ids)
+    streams = {k: fp_in for k in precs}
+    stats = _CountStats(cfg.tau_grid, spec) if train_routers else None
+    params: dict[str, tuple[Tensor, Tensor]] = {}
+    routers: dict[str, SliceRouter] = {}
+    block_reports = []
+    bar = tqdm(range(len(blocks)), desc="calibrating blocks", unit="block", disable=not progress)
+    for i in bar:
+        tb = time.perf_counter()
+        block = blocks[i]
+        block_name = f"{blocks_name}.{i}"
+        requires = [p.requires_grad for p in block.parameters()]
+        for p in block.parameters():
+            p.requires_grad_(False)
+        fp_out = _map_batches(block, fp_in, kw, cfg.batch_size)
+        cal = _BlockCalibrator(block, block_name, spec, cfg, precs, train_routers, kw)
+        try:
+            rtn = cal.losses(streams, fp_out, use_lwc=False)
+            history = cal.train(streams, fp_out, rtn, generator)
+            final = cal.losses(streams, fp_out, use_lwc=True)
+            alpha = 1.0
+            if cfg.guard:
+                final, alpha = cal.guard(streams, fp_out, rtn, final)
+            streams = cal.propagate(streams, stats)
+            got_params, got_routers = cal.export()
+        finally:
+            cal.restore()
+            for p, r in zip(block.parameters(), requires, strict=True):
+                p.requires_grad_(r)
+        params.update(got_params)
+        routers.update(got_routers)
+        fp_in = fp_out
+        block_reports.append({
+            "block": block_name,
+            "rtn_mse": {str(k): v for k, v in rtn.items()},
+            "calibrated_mse": {str(k): v for k, v in final.items()},
+            "train_loss": history,
+            "guard_alpha": alpha,
+            "seconds": round(time.perf_counter() - tb, 3),
+        })
+        bar.set_postfix({f"{spec.bits_at(k)}b": f"{final[k] / max(rtn[k], 1e-30):.2f}" for k in precs})
+    model.train(was_training)
+
+    tau_table = stats.table() if stats is not None else []
+    report = {
+        "spec": {"slice_bits": list(spec.slice_bits), "group_size": spec.group_size},
+        "precisions": precs,
+        "config": cfg.to_dict(),
+        "samples": list(input_ids.shape),
+        "blocks": block_reports,
+        "tau_table": tau_table,
+        "seconds_total": round(time.perf_counter() - t0, 3),
+    }
+    return CalibrationResult(spec, params, routers, cfg.router if train_routers else "none",
+                             cfg.router_hidden, tau_table, report)
+
+
+@torch.no_grad()
+def fake_quantize_model(model: nn.Module, result: CalibrationResult, n_slices: int) -> nn.Module:
+    """Replace every calibrated linear's (float) weight by its ``n_slices``-slice dequantized value, in place."""
+    spec = result.spec
+    for name, (scale, zero) in result.params.items():
+        linear = model.get_submodule(name)
+        w = linear.weight.detach().float()
+        codes = residual.quantize_codes(w, scale, zero, spec)
+        linear.weight.copy_(residual.dequantize_codes(codes, scale, zero, spec, n_slices).to(linear.weight.dtype))
+    return model

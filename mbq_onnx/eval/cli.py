@@ -1,0 +1,338 @@
+"""``python -m mbq_onnx.eval``: perplexity of float, baselines and MoBiQuant → ``reports/quality.*``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TEXT_ALIASES = {
+    "sotu": "sotu-2000+",
+    "sotu-2000+": "sotu-2000+",
+    "moby": "moby-dick",
+    "moby-dick": "moby-dick",
+}
+BASELINES = ("rtn", "gptq", "single")
+QUICK = {"window": 256, "max_tokens": 512, "calib_samples": 4, "calib_seqlen": 128, "num_taus": 3}
+DEFAULT_GPTQ_SAMPLES = (32, 512)
+DEFAULT_NUM_TAUS = 6
+
+
+class UsageError(ValueError):
+    """A command-line value is invalid."""
+
+
+def _int_list(s: str, what: str) -> list[int]:
+    try:
+        vals = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{what} {s!r}: expected comma-separated integers") from None
+    if not vals:
+        raise UsageError(f"{what} is empty")
+    return vals
+
+
+def _float_list(s: str, what: str) -> list[float]:
+    try:
+        vals = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{what} {s!r}: expected comma-separated numbers") from None
+    bad = [v for v in vals if not 0.0 < v < 1.0]
+    if bad:
+        raise UsageError(f"{what}: every τ must lie strictly between 0 and 1, got {bad}")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mbq_onnx.eval",
+        description="Held-out perplexity of the float model, bit-specific baselines (RTN, GPTQ, same-method "
+        "single-precision calibration) and a MoBiQuant artifact at each uniform slice count and over "
+        "a τ sweep. Writes OUTPUT/quality.json, quality.md and quality.png.",
+    )
+    p.add_argument(
+        "--artifact",
+        type=Path,
+        help="MoBiQuant artifact directory (python -m mbq_onnx.calibrate); "
+        "without it only the float model and the RTN/GPTQ baselines are evaluated",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="float HF causal-LM folder (default: the artifact's source model, "
+        "else the embedded SmolLM2-135M)",
+    )
+    p.add_argument(
+        "--baselines",
+        help="comma list of rtn, gptq, single, or 'none' (default: rtn,gptq and, with --artifact, single)",
+    )
+    p.add_argument("--bits", help="baseline bit widths (default: the artifact's precisions, else 4,6,8)")
+    p.add_argument("--groups", help="baseline group sizes (default: the artifact's group size, else 128)")
+    p.add_argument("--act-order", action="store_true", help="GPTQ with activation order (static groups)")
+    p.add_argument(
+        "--gptq-samples", type=int, help="GPTQ calibration samples (default: the artifact's, else 32)"
+    )
+    p.add_argument(
+        "--gptq-seqlen", type=int, help="GPTQ sample length in tokens (default: the artifact's, else 512)"
+    )
+    p.add_argument(
+        "--taus",
+        help="comma list of τ for the sweep (default: points spread over the artifact's τ table), or 'none'",
+    )
+    p.add_argument("--no-uniform", action="store_true", help="skip MoBiQuant at each uniform slice count")
+    p.add_argument("--texts", default="sotu,moby", help="held-out texts: sotu (SOTU 2000+), moby (Moby-Dick)")
+    p.add_argument("--window", type=int, help="tokens per non-overlapping window (default 2048; --quick 256)")
+    p.add_argument("--max-windows", type=int, default=20, help="windows per text (default %(default)s)")
+    p.add_argument("--max-tokens", type=int, help="use at most the first N tokens of each text")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke-test sizes: window {QUICK['window']}, {QUICK['max_tokens']} tokens per text, "
+        f"GPTQ/single calibration on {QUICK['calib_samples']}x{QUICK['calib_seqlen']} tokens, "
+        f"{QUICK['num_taus']} τ",
+    )
+    p.add_argument(
+        "--output", type=Path, default=Path("reports"), help="report directory (default %(default)s)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse rows (by label) of an existing OUTPUT/quality.json made with the same model, texts "
+        "and window settings; new rows are appended",
+    )
+    p.add_argument("--no-plot", action="store_true", help="skip quality.png")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return p
+
+
+def _texts(arg: str) -> list[str]:
+    names = [t.strip() for t in arg.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TEXT_ALIASES]
+    if unknown or not names:
+        raise UsageError(f"--texts {arg!r}: unknown {unknown}; choose from sotu, moby")
+    return list(dict.fromkeys(TEXT_ALIASES[t] for t in names))
+
+
+def _baselines(arg: str) -> list[str]:
+    if arg.strip().lower() == "none":
+        return []
+    names = [b.strip().lower() for b in arg.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise UsageError(
+            f"--baselines {arg!r}: unknown {unknown}; choose from {', '.join(BASELINES)} or none"
+        )
+    return list(dict.fromkeys(names))
+
+
+def pick_taus(tau_table: list[dict[str, float]], count: int) -> list[float]:
+    """``count`` τ values from a calibration τ table whose average bits are spread evenly over its range."""
+    rows = [r for r in tau_table if "tau" in r and "avg_bits" in r]
+    if not rows:
+        return [round(0.1 + 0.8 * i / max(count - 1, 1), 3) for i in range(count)]
+    lo, hi = min(r["avg_bits"] for r in rows), max(r["avg_bits"] for r in rows)
+    targets = [lo + (hi - lo) * i / max(count - 1, 1) for i in range(count)]
+    picked = {min(rows, key=lambda r, t=t: abs(r["avg_bits"] - t))["tau"] for t in targets}
+    return sorted(float(t) for t in picked)
+
+
+RESUME_KEYS = ("model", "window", "max_windows", "max_tokens")
+
+
+def _previous_rows(output: Path, settings: dict[str, Any], texts: list[str]) -> dict[str, dict[str, Any]]:
+    """Rows of ``output/quality.json`` by label when it was made with the same settings (else nothing)."""
+    import json
+
+    path = output / "quality.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    same = old.get("texts") == texts and all(
+        old.get("settings", {}).get(k) == settings[k] for k in RESUME_KEYS
+    )
+    if not same:
+        print(f"--resume: {path} was made with other settings; starting afresh", file=sys.stderr)
+        return {}
+    return {r["label"]: r for r in old.get("rows", [])}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from mbq_onnx import assets
+    from mbq_onnx.baselines import BaselineSpec
+    from mbq_onnx.baselines.single import artifact_calib_settings
+    from mbq_onnx.calibrate.config import CalibConfig
+    from mbq_onnx.model.artifact import load_artifact
+
+    from . import variants as V
+    from .report import check_report, new_report, write_report
+
+    texts = _texts(args.texts)
+    baselines = _baselines(args.baselines or ("rtn,gptq,single" if args.artifact is not None else "rtn,gptq"))
+    window = args.window or (QUICK["window"] if args.quick else 2048)
+    max_tokens = (
+        args.max_tokens if args.max_tokens is not None else (QUICK["max_tokens"] if args.quick else None)
+    )
+    if window < 2:
+        raise UsageError(f"--window {window} must be >= 2")
+    if max_tokens is not None and max_tokens < 2:
+        raise UsageError(f"--max-tokens {max_tokens} must be >= 2")
+    if args.max_windows < 1:
+        raise UsageError(f"--max-windows {args.max_windows} must be >= 1")
+    if args.output.exists() and not args.output.is_dir():
+        raise UsageError(f"--output {args.output} exists and is not a directory")
+
+    artifact = load_artifact(args.artifact) if args.artifact is not None else None
+    if "single" in baselines and artifact is None:
+        raise UsageError(
+            "--baselines single needs --artifact (the single-precision runs repeat its calibration)"
+        )
+    if args.taus is not None and args.taus.strip().lower() != "none" and artifact is None:
+        raise UsageError("--taus needs --artifact")
+
+    spec = artifact.spec if artifact is not None else None
+    bits = _int_list(args.bits, "--bits") if args.bits else (list(spec.cum_bits) if spec else [4, 6, 8])
+    groups = _int_list(args.groups, "--groups") if args.groups else [spec.group_size if spec else 128]
+    try:
+        baseline_specs = [BaselineSpec(b, g) for g in groups for b in bits]
+    except ValueError as e:
+        raise UsageError(f"--bits/--groups: {e}") from None
+    if args.taus is None:
+        n_taus = QUICK["num_taus"] if args.quick else DEFAULT_NUM_TAUS
+        taus = pick_taus(artifact.tau_table, n_taus) if artifact and artifact.granularity != "none" else []
+    else:
+        taus = [] if args.taus.strip().lower() == "none" else _float_list(args.taus, "--taus")
+
+    model_path = args.model
+    if model_path is None and artifact is not None:
+        src = artifact.source.get("model")
+        if src and Path(src).is_dir():
+            model_path = Path(src)
+    model_dir = assets.resolve_model(model_path)
+    progress = not args.no_progress
+
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = {name: assets.heldout_ids(tokenizer, name).numpy() for name in texts}
+    setup = V.EvalSetup(
+        texts=ids, window=window, max_windows=args.max_windows, max_tokens=max_tokens, progress=progress
+    )
+
+    def load():
+        return assets.load_model(model_dir)[0]
+
+    settings = {
+        "model": str(model_dir),
+        "model_name": model_dir.name,
+        "artifact": str(args.artifact) if artifact else None,
+        "slice_bits": list(spec.slice_bits) if spec else None,
+        "group_size": spec.group_size if spec else groups[0],
+        "window": window,
+        "max_windows": args.max_windows,
+        "max_tokens": max_tokens,
+        "quick": args.quick,
+        "bos": False,
+        "avg_bits": "per weight of the decoder linears, weighted by weights read per token",
+        "command": "python -m mbq_onnx.eval " + " ".join(getattr(args, "argv", [])),
+        "torch_threads": torch.get_num_threads(),
+    }
+    report = new_report(settings, texts)
+    previous = _previous_rows(args.output, settings, texts) if args.resume else {}
+    started = time.time()
+
+    def add(row: dict[str, Any]) -> None:
+        row["seconds"] = round(time.time() - started, 1)
+        report["rows"] = [r for r in report["rows"] if r["label"] != row["label"]] + [row]
+        write_report(report, args.output, plot=False)
+        short = ", ".join(
+            f"{t}: {r['ppl']:.3f} @ {r['avg_bits']:.2f} bits" for t, r in row["results"].items()
+        )
+        print(f"{row['label']}: {short}", file=sys.stderr)
+
+    report["rows"].extend(previous.values())
+
+    def maybe(name: str, evaluate: Callable[[], dict[str, Any]]) -> None:
+        if name in previous:
+            print(f"{name}: reused from {args.output / 'quality.json'}", file=sys.stderr)
+        else:
+            add(evaluate())
+
+    maybe(V.label("float"), lambda: V.eval_float(setup, load))
+    if "rtn" in baselines:
+        for bs in baseline_specs:
+            maybe(
+                V.label("rtn", bits=bs.bits, group_size=bs.group_size),
+                lambda bs=bs: V.eval_rtn(setup, load, bs),
+            )
+    calib_cfg, calib_sizes = artifact_calib_settings(artifact.path) if artifact is not None else (None, None)
+    if "gptq" in baselines:
+        n_s, seqlen = calib_sizes or DEFAULT_GPTQ_SAMPLES
+        if args.quick:
+            n_s, seqlen = QUICK["calib_samples"], QUICK["calib_seqlen"]
+        n_s, seqlen = args.gptq_samples or n_s, args.gptq_seqlen or seqlen
+        samples = assets.calibration_samples(tokenizer, n_s, seqlen, seed=0)
+        for bs in baseline_specs:
+            maybe(
+                V.label("gptq", bits=bs.bits, group_size=bs.group_size, act_order=args.act_order),
+                lambda bs=bs: V.eval_gptq(setup, load, bs, samples, act_order=args.act_order),
+            )
+    if "single" in baselines:
+        cfg = calib_cfg or CalibConfig()
+        if args.quick:
+            cfg = cfg.with_overrides(
+                samples=QUICK["calib_samples"],
+                seqlen=QUICK["calib_seqlen"],
+                base_epochs=0,
+                epochs=1,
+                batch_size=QUICK["calib_samples"],
+            )
+        n_s, seqlen = (cfg.samples, cfg.seqlen) if args.quick or calib_sizes is None else calib_sizes
+        samples = assets.calibration_samples(tokenizer, n_s, seqlen, seed=cfg.seed)
+        for k in range(1, spec.num_slices + 1):
+            maybe(
+                V.label("single", bits=spec.bits_at(k)),
+                lambda k=k: V.eval_single(setup, load, spec, k, samples, cfg),
+            )
+    if artifact is not None:
+        mbq = V.load_mobiquant(artifact)
+        if not args.no_uniform:
+            for k in range(1, spec.num_slices + 1):
+                maybe(
+                    V.label("mbq-uniform", bits=spec.bits_at(k), slices=k),
+                    lambda k=k: V.eval_mbq_uniform(setup, artifact, k, model=mbq),
+                )
+        for tau in taus:
+            maybe(
+                V.label("mbq-tau", tau=tau), lambda tau=tau: V.eval_mbq_tau(setup, artifact, tau, model=mbq)
+            )
+    report["settings"]["seconds"] = round(time.time() - started, 1)
+    paths = write_report(report, args.output, plot=not args.no_plot)
+    problems = check_report(report)
+    if problems:
+        print("report problems:\n  " + "\n  ".join(problems), file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    from mbq_onnx.assets import AssetError
+    from mbq_onnx.model.artifact import ArtifactError
+
+    try:
+        run(args)
+    except UsageError as e:
+        parser.error(str(e))
+    except (ArtifactError, AssetError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,353 @@
+"""The models a quality report compares, each evaluated on every held-out text into one report row.
+
+float32 · bit-specific RTN / GPTQ (fake-quantized float models) · MoBiQuant at a fixed slice count or a
+τ (recording the per-token slice counts for average bits) · same-method single-precision calibrations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mbq_onnx.baselines import (
+    BaselineSpec,
+    float_model_bytes,
+    gptq_quantize_model,
+    quantized_model_bytes,
+    rtn_quantize_model,
+)
+from mbq_onnx.model.artifact import Artifact, build_model
+from mbq_onnx.model.linear import MixedBitLinear, decoder_layers, iter_mixed_bit_linears
+from mbq_onnx.model.routing import RoutingContext
+from mbq_onnx.quant.spec import QuantSpec
+
+from .perplexity import DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW, LogitsFn, perplexity, torch_logits_fn
+from .report import FLOAT_BITS
+
+if TYPE_CHECKING:
+    from mbq_onnx.calibrate.config import CalibConfig
+
+ModelLoader = Callable[[], nn.Module]
+"""Returns a fresh float32 causal LM (baselines modify it in place)."""
+
+
+@dataclass
+class EvalSetup:
+    """Held-out token ids per text and the window settings shared by every row."""
+
+    texts: Mapping[str, np.ndarray]
+    window: int = DEFAULT_WINDOW
+    max_windows: int | None = DEFAULT_MAX_WINDOWS
+    max_tokens: int | None = None
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def run(
+        self,
+        logits_fn: LogitsFn,
+        label: str,
+        bits: Callable[[], float] | float,
+        reset: Callable[[], None] | None = None,
+    ) -> dict[str, dict[str, float]]:
+        """Perplexity of ``logits_fn`` on every text; ``bits`` is a number or read after each text."""
+        results = {}
+        for name, ids in self.texts.items():
+            if reset is not None:
+                reset()
+            res = perplexity(
+                logits_fn,
+                ids,
+                window=self.window,
+                max_windows=self.max_windows,
+                max_tokens=self.max_tokens,
+                desc=f"{label} · {name}",
+                progress=self.progress,
+            )
+            results[name] = {**res.to_dict(), "avg_bits": float(bits() if callable(bits) else bits)}
+        return results
+
+
+def label(
+    method: str,
+    *,
+    bits: int | None = None,
+    group_size: int | None = None,
+    slices: int | None = None,
+    tau: float | None = None,
+    act_order: bool = False,
+) -> str:
+    """The row label of a report (unique per evaluated model; ``--resume`` matches rows by it)."""
+    if method == "float":
+        return "float32"
+    if method in ("rtn", "gptq"):
+        return f"{method.upper()} {bits}-bit g{group_size}" + (" act-order" if act_order else "")
+    if method == "single":
+        return f"single-precision calib {bits}-bit"
+    if method == "mbq-uniform":
+        return f"MoBiQuant {slices} slice{'s' if slices != 1 else ''} ({bits}-bit)"
+    if method == "mbq-tau":
+        return f"MoBiQuant τ={tau:g}"
+    raise ValueError(f"unknown method {method!r}")
+
+
+def _row(
+    method: str,
+    label: str,
+    *,
+    bits: float | None,
+    model_bytes: int,
+    results: dict,
+    group_size: int | None = None,
+    slices: int | None = None,
+    tau: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "method": method,
+        "label": label,
+        "bits": bits,
+        "group_size": group_size,
+        "slices": slices,
+        "tau": tau,
+        "model_bytes": int(model_bytes),
+        "results": results,
+        **extra,
+    }
+
+
+def eval_float(setup: EvalSetup, load: ModelLoader) -> dict[str, Any]:
+    model = load()
+    results = setup.run(torch_logits_fn(model), label("float"), FLOAT_BITS)
+    return _row("float", label("float"), bits=None, model_bytes=float_model_bytes(model), results=results)
+
+
+def eval_rtn(setup: EvalSetup, load: ModelLoader, spec: BaselineSpec) -> dict[str, Any]:
+    model = rtn_quantize_model(load(), spec)
+    name = label("rtn", bits=spec.bits, group_size=spec.group_size)
+    results = setup.run(torch_logits_fn(model), name, spec.bits)
+    return _row(
+        "rtn",
+        name,
+        bits=spec.bits,
+        group_size=spec.group_size,
+        model_bytes=quantized_model_bytes(model, spec.bits, spec.group_size),
+        results=results,
+    )
+
+
+def eval_gptq(
+    setup: EvalSetup,
+    load: ModelLoader,
+    spec: BaselineSpec,
+    samples: torch.Tensor,
+    *,
+    act_order: bool = False,
+    damp: float = 0.01,
+) -> dict[str, Any]:
+    model = gptq_quantize_model(
+        load(), samples, spec, act_order=act_order, damp=damp, progress=setup.progress
+    )
+    name = label("gptq", bits=spec.bits, group_size=spec.group_size, act_order=act_order)
+    results = setup.run(torch_logits_fn(model), name, spec.bits)
+    return _row(
+        "gptq",
+        name,
+        bits=spec.bits,
+        group_size=spec.group_size,
+        model_bytes=quantized_model_bytes(model, spec.bits, spec.group_size),
+        results=results,
+        calibration={
+            "samples": int(samples.shape[0]),
+            "seqlen": int(samples.shape[-1]),
+            "act_order": act_order,
+            "damp": damp,
+        },
+    )
+
+
+def artifact_bytes(artifact: Artifact, n_slices: int) -> int:
+    """Stored bytes of an artifact truncated to its first ``n_slices`` slice planes (routers, norms and
+    embeddings at their stored dtype; scales float32 and zeros uint8 per group)."""
+    spec = artifact.spec
+    total = 0
+    quantized = set()
+    for name, info in artifact.quantized.items():
+        n, k = int(info["out_features"]), int(info["in_features"])
+        total += sum(spec.plane_nbytes(j, n, k) for j in range(n_slices))
+        quantized.update(f"{name}.{s}" for s in ("packed", "scales", "zeros"))
+        total += n * spec.num_groups(k) * 5
+    total += sum(t.numel() * t.element_size() for key, t in artifact.tensors.items() if key not in quantized)
+    return total
+
+
+class AvgBitsMeter:
+    """Average bits per weight of a routed MoBiQuant model, from ``ctx.records``.
+
+    Each record (one per routed call: per linear, or per block) is weighted by the number of weights
+    its slice counts select, so the result is the bits per weight actually read.
+    """
+
+    def __init__(self, model: nn.Module, ctx: RoutingContext, spec: QuantSpec):
+        self.ctx, self.spec = ctx, spec
+        self.bits_of_count = torch.tensor((0, *spec.cum_bits), dtype=torch.float64)
+        self._weights: list[int] = []
+        self._handles = []
+        granularity = getattr(model, "mbq_granularity", "linear")
+        if granularity == "block":
+            for layer in decoder_layers(model):
+                size = sum(
+                    m.in_features * m.out_features for m in layer.modules() if isinstance(m, MixedBitLinear)
+                )
+                self._handles.append(layer.register_forward_pre_hook(self._hook(size)))
+        else:
+            for _, m in iter_mixed_bit_linears(model):
+                if m.router is not None:
+                    self._handles.append(
+                        m.register_forward_pre_hook(self._hook(m.in_features * m.out_features))
+                    )
+        self.reset()
+        ctx.record = True
+
+    def _hook(self, size: int):
+        def hook(*_args: Any) -> None:
+            self._weights.append(size)
+
+        return hook
+
+    def reset(self) -> None:
+        self.ctx.reset_records()
+        self._weights.clear()
+        self.bit_sum = self.weight_sum = 0.0
+
+    def consume(self) -> None:
+        """Fold the current records into the running average and clear them."""
+        records = self.ctx.records
+        weights = self._weights if len(self._weights) == len(records) else [1] * len(records)
+        for counts, w in zip(records, weights, strict=True):
+            self.bit_sum += float(self.bits_of_count[counts.reshape(-1).cpu()].sum()) * w
+            self.weight_sum += counts.numel() * w
+        self.ctx.reset_records()
+        self._weights.clear()
+
+    def average(self) -> float:
+        self.consume()
+        if self.weight_sum == 0:
+            raise RuntimeError("no routed calls were recorded: does the model have routers?")
+        return self.bit_sum / self.weight_sum
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self.ctx.record = False
+        self.ctx.reset_records()
+
+
+def load_mobiquant(artifact: Artifact) -> tuple[nn.Module, RoutingContext]:
+    """The artifact's PyTorch model with dense per-slice weights cached (fast eager evaluation)."""
+    return build_model(artifact, cache_weights=True)
+
+
+def eval_mbq_uniform(
+    setup: EvalSetup,
+    artifact: Artifact,
+    n_slices: int,
+    *,
+    model: tuple[nn.Module, RoutingContext] | None = None,
+) -> dict[str, Any]:
+    """MoBiQuant with every token forced to ``n_slices`` slices (``ctx.force_slices``)."""
+    spec = artifact.spec
+    if not 1 <= n_slices <= spec.num_slices:
+        raise ValueError(
+            f"slice count {n_slices} out of range 1..{spec.num_slices} for slices {list(spec.slice_bits)}"
+        )
+    m, ctx = model or load_mobiquant(artifact)
+    bits = spec.bits_at(n_slices)
+    name = label("mbq-uniform", bits=bits, slices=n_slices)
+    old = ctx.force_slices
+    ctx.force_slices = n_slices
+    try:
+        results = setup.run(torch_logits_fn(m), name, bits)
+    finally:
+        ctx.force_slices = old
+    return _row(
+        "mbq-uniform",
+        name,
+        bits=bits,
+        group_size=spec.group_size,
+        slices=n_slices,
+        model_bytes=artifact_bytes(artifact, n_slices),
+        results=results,
+        artifact=str(artifact.path),
+    )
+
+
+def eval_mbq_tau(
+    setup: EvalSetup, artifact: Artifact, tau: float, model: tuple[nn.Module, RoutingContext] | None = None
+) -> dict[str, Any]:
+    """MoBiQuant with routers deciding per token at threshold ``tau``; average bits from the routed counts."""
+    if not 0.0 < tau < 1.0:
+        raise ValueError(f"tau {tau} must lie strictly between 0 and 1")
+    if artifact.granularity == "none":
+        raise ValueError(f"artifact {artifact.path} has no routers (granularity 'none'): no τ sweep possible")
+    m, ctx = model or load_mobiquant(artifact)
+    old_tau, old_force = ctx.tau, ctx.force_slices
+    ctx.tau, ctx.force_slices = float(tau), None
+    meter = AvgBitsMeter(m, ctx, artifact.spec)
+    base_fn = torch_logits_fn(m)
+
+    def fn(ids: np.ndarray) -> torch.Tensor:
+        out = base_fn(ids)
+        meter.consume()
+        return out
+
+    try:
+        results = setup.run(fn, label("mbq-tau", tau=tau), meter.average, reset=meter.reset)
+    finally:
+        meter.close()
+        ctx.tau, ctx.force_slices = old_tau, old_force
+    return _row(
+        "mbq-tau",
+        label("mbq-tau", tau=tau),
+        bits=None,
+        group_size=artifact.spec.group_size,
+        tau=float(tau),
+        model_bytes=artifact_bytes(artifact, artifact.spec.num_slices),
+        results=results,
+        artifact=str(artifact.path),
+    )
+
+
+def eval_single(
+    setup: EvalSetup,
+    load: ModelLoader,
+    spec: QuantSpec,
+    n_slices: int,
+    samples: torch.Tensor,
+    config: CalibConfig | None = None,
+) -> dict[str, Any]:
+    """Our calibration run for precision ``n_slices`` only (same method, data, settings), evaluated there."""
+    from mbq_onnx.baselines.single import single_precision_model
+
+    bits = spec.bits_at(n_slices)
+    model = single_precision_model(load(), spec, samples, n_slices, config, progress=setup.progress)
+    name = label("single", bits=bits)
+    results = setup.run(torch_logits_fn(model), name, bits)
+    return _row(
+        "single",
+        name,
+        bits=bits,
+        group_size=spec.group_size,
+        slices=n_slices,
+        model_bytes=quantized_model_bytes(model, bits, spec.group_size),
+        results=results,
+        calibration={
+            "samples": int(samples.shape[0]),
+            "seqlen": int(samples.shape[-1]),
+            **({"config": config.to_dict()} if config is not None else {}),
+        },
+    )

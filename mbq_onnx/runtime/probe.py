@@ -1,0 +1,138 @@
+"""The on-device probe: measure the τ → (average bits, step latency) map, cached per device/threads.
+
+Procedure and cache key: docs/controller.md, "on-device probe and cache".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tqdm import tqdm
+
+from .controller import LatencyMap, MapPoint
+from .session import CONFIG_NAME, MbqSession
+
+PROBE_VERSION = 1
+PROBE_TEXT = (
+    "The committee met on Tuesday to review the annual budget. After a long discussion about "
+    "schools, roads and the new hospital, the members agreed to"
+)
+EXTRA_GRID = (0.25, 0.5, 0.75)
+MAX_TABLE_POINTS = 9
+
+
+def probe_grid(session: MbqSession) -> list[float]:
+    """{0, 1} ∪ up to 9 τ values of the model's tau_table (clipped to [0, 1]), padded to >= 5 points."""
+    table = sorted(
+        {
+            min(max(float(row["tau"]), 0.0), 1.0)
+            for row in session.config.tau_table
+            if isinstance(row, dict) and isinstance(row.get("tau"), int | float) and np.isfinite(row["tau"])
+        }
+    )
+    stride = -(-len(table) // MAX_TABLE_POINTS)  # ceil
+    taus = {0.0, 1.0, *table[::stride]}
+    if len(taus) < 5:
+        taus.update(EXTRA_GRID)
+    return sorted(taus)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def probe_key(session: MbqSession) -> str:
+    """SHA-256 over the model identity, thread count, CPU and ORT version."""
+    h = hashlib.sha256()
+    for part in (
+        f"probe-v{PROBE_VERSION}",
+        str(session.model_path.stat().st_size),
+        (session.model_dir / CONFIG_NAME).read_bytes().decode(),
+        f"threads={session.threads}",
+        platform.machine(),
+        _cpu_name(),
+        ort.__version__,
+    ):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:32]
+
+
+def default_cache_dir() -> Path:
+    from mbq_onnx.assets import cache_dir  # stdlib-only module
+
+    return cache_dir() / "probe"
+
+
+def measure_map(session: MbqSession, steps: int = 4, rounds: int = 2, progress: bool = True) -> LatencyMap:
+    """Run the probe (no cache): ``rounds`` passes over the grid, alternating direction."""
+    if steps < 1 or rounds < 1:
+        raise ValueError("probe steps and rounds must be >= 1")
+    ids = np.array([session.tokenizer.encode(PROBE_TEXT).ids], np.int64)
+    prefill = session.run(ids, session.empty_cache(), tau=0.0)
+    grid = probe_grid(session)
+    lat: dict[float, list[float]] = {t: [] for t in grid}
+    bits: dict[float, list[float]] = {t: [] for t in grid}
+
+    def one_run(tau: float, record: bool) -> None:
+        past, token = prefill.present, int(np.argmax(prefill.logits[0]))
+        for _ in range(steps):
+            out = session.run(np.array([[token]], np.int64), past, tau=tau)
+            past, token = out.present, int(np.argmax(out.logits[0]))
+            if record:
+                lat[tau].append(out.latency_ms)
+                bits[tau].append(session.average_bits(out.slice_counts))
+
+    one_run(grid[len(grid) // 2], record=False)  # warm-up
+    order = [t for r in range(rounds) for t in (grid if r % 2 == 0 else grid[::-1])]
+    for tau in tqdm(order, desc="latency probe", unit="τ", disable=not progress, leave=False):
+        one_run(tau, record=True)
+    return LatencyMap([MapPoint(t, float(np.mean(bits[t])), float(np.median(lat[t]))) for t in grid])
+
+
+def load_or_probe(
+    session: MbqSession, cache_dir: Path | None = None, refresh: bool = False, progress: bool = True
+) -> tuple[LatencyMap, bool]:
+    """The cached map for this model/device/threads, probing (and caching) on a miss.
+
+    Returns (map, came_from_cache).
+    """
+    folder = cache_dir if cache_dir is not None else default_cache_dir()
+    key = probe_key(session)
+    path = folder / f"{key}.json"
+    if path.is_file() and not refresh:
+        try:
+            data = json.loads(path.read_text())
+            return LatencyMap([MapPoint(**p) for p in data["points"]]), True
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable cache entry: probe again and overwrite it
+    lm = measure_map(session, progress=progress)
+    record = {
+        "key": key,
+        "version": PROBE_VERSION,
+        "model_dir": str(session.model_dir),
+        "threads": session.threads,
+        "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "onnxruntime": ort.__version__,
+        "points": lm.to_json(),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=1)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return lm, False

@@ -1,0 +1,222 @@
+"""An ONNX Runtime session over an exported model dir: custom-op library, config, tokenizer, one step.
+
+The exported dir layout and graph I/O are described in docs/architecture.md ("Exported model dir").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+CONFIG_NAME = "mbq_config.json"
+MODEL_NAMES = ("model.ort", "model.onnx")  # .ort first: the smaller, pre-optimized mobile format
+
+
+class ModelDirError(ValueError):
+    """The model dir is missing, incomplete or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The parts of ``mbq_config.json`` the runtime needs (mixed-bit, or a float/reference graph)."""
+
+    slice_bits: tuple[int, ...]
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    custom_op_library: str | None
+    model_file: str | None = None
+    mixed_bit: bool = True
+    tau_table: tuple[dict[str, float], ...] = ()
+    eos_token_ids: tuple[int, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def num_slices(self) -> int:
+        return len(self.slice_bits)
+
+    @property
+    def bits_per_count(self) -> np.ndarray:
+        """``bits[k]`` = total bits when k slices are on (index 0 unused, treated as base)."""
+        cum = np.cumsum(self.slice_bits, dtype=np.float64)
+        return np.concatenate([[cum[0]], cum])
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ModelConfig:
+        path = model_dir / CONFIG_NAME
+        if not path.is_file():
+            raise ModelDirError(f"{model_dir} is not an exported model dir: {CONFIG_NAME} is missing")
+        try:
+            raw = json.loads(path.read_text())
+            eos = raw.get("eos_token_id")
+            eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
+            mixed_bit = raw.get("kind", "mixed-bit") == "mixed-bit"
+            bits = raw.get("slice_bits") or [raw.get("reference", {}).get("bits", 32)]
+            return cls(
+                slice_bits=tuple(int(b) for b in bits),
+                num_layers=int(raw["num_layers"]),
+                num_kv_heads=int(raw["num_kv_heads"]),
+                head_dim=int(raw["head_dim"]),
+                custom_op_library=raw.get("custom_op_library", "libmbq_ops.so" if mixed_bit else None),
+                model_file=raw.get("ort_model_file") or raw.get("model_file"),
+                mixed_bit=mixed_bit,
+                tau_table=tuple(raw.get("tau_table") or ()),
+                eos_token_ids=tuple(int(e) for e in eos),
+                raw=raw,
+            )
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+            raise ModelDirError(f"{path}: invalid or incomplete ({e!r})") from e
+
+
+def find_ops_library(model_dir: Path, file_name: str) -> Path:
+    """The custom-op library: beside the model first, then the one shipped with the installed package."""
+    beside = model_dir / file_name
+    if beside.is_file():
+        return beside
+    try:
+        from mbq_onnx import ops_lib  # torch-free; built by the package's setup
+
+        packaged = Path(ops_lib.library_path())
+        if packaged.is_file():
+            return packaged
+    except (ImportError, FileNotFoundError, OSError, RuntimeError):
+        pass
+    raise ModelDirError(
+        f"custom-op library {file_name!r} not found beside the model ({model_dir}) "
+        "nor in the installed mbq_onnx package; build it (tools/setup.sh) or copy it next to the model"
+    )
+
+
+@dataclass
+class StepOutput:
+    """One forward call: last-position logits, the new KV cache, slice counts and its wall time."""
+
+    logits: np.ndarray  # float32 [b, vocab] at the last position
+    present: list[np.ndarray]  # key0, value0, key1, value1, ...
+    slice_counts: np.ndarray  # int64 [num_routed, b, s]
+    latency_ms: float
+
+
+class MbqSession:
+    """Loads an exported model dir into an ORT CPU session (safe to use from several threads).
+
+    ``threads`` sets ORT's intra-op thread count (None: ORT's default, all cores).
+    """
+
+    def __init__(
+        self, model_dir: str | Path, threads: int | None = None, ops_library: str | Path | None = None
+    ):
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise ModelDirError(f"model dir {self.model_dir} does not exist")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.config = ModelConfig.load(self.model_dir)
+        names = (self.config.model_file, *MODEL_NAMES) if self.config.model_file else MODEL_NAMES
+        self.model_path = next((self.model_dir / n for n in names if (self.model_dir / n).is_file()), None)
+        if self.model_path is None:
+            raise ModelDirError(f"{self.model_dir} holds none of {', '.join(dict.fromkeys(names))}")
+        lib = self.config.custom_op_library
+        self.ops_library = (
+            Path(ops_library) if ops_library else find_ops_library(self.model_dir, lib) if lib else None
+        )
+        tok_path = self.model_dir / "tokenizer.json"
+        if not tok_path.is_file():
+            raise ModelDirError(f"{self.model_dir} has no tokenizer.json")
+        self.tokenizer = Tokenizer.from_file(str(tok_path))
+        self.threads = threads
+        opts = ort.SessionOptions()
+        if self.ops_library is not None:
+            opts.register_custom_ops_library(str(self.ops_library))
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = 1
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
+        self._input_names = {i.name for i in self.session.get_inputs()}
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        self._present_names = [
+            f"present.{i}.{kv}" for i in range(self.config.num_layers) for kv in ("key", "value")
+        ]
+        self.mixed_bit = "tau" in self._input_names
+        controls = ("tau", "force_slices") if self.mixed_bit else ()
+        missing = [n for n in ("input_ids", *controls) if n not in self._input_names]
+        missing += [n for n in ("logits", *self._present_names) if n not in self._output_names]
+        if self.mixed_bit and "slice_counts" not in self._output_names:
+            missing.append("slice_counts")
+        if missing:
+            raise ModelDirError(f"{self.model_path.name} lacks graph inputs/outputs {missing}")
+        self.eos_token_ids = self.config.eos_token_ids or self._eos_from_files()
+
+    def _eos_from_files(self) -> tuple[int, ...]:
+        for name in ("generation_config.json", "config.json"):
+            path = self.model_dir / name
+            if path.is_file():
+                eos = json.loads(path.read_text()).get("eos_token_id")
+                if eos is not None:
+                    return tuple(eos) if isinstance(eos, list) else (int(eos),)
+        path = self.model_dir / "tokenizer_config.json"
+        if path.is_file():
+            tok = json.loads(path.read_text()).get("eos_token")
+            tok = tok.get("content") if isinstance(tok, dict) else tok
+            tid = self.tokenizer.token_to_id(tok) if isinstance(tok, str) else None
+            if tid is not None:
+                return (tid,)
+        return ()
+
+    def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
+        """A past-length-0 KV cache."""
+        c = self.config
+        shape = (batch, c.num_kv_heads, 0, c.head_dim)
+        return [np.zeros(shape, np.float32) for _ in range(2 * c.num_layers)]
+
+    def run(
+        self,
+        input_ids: np.ndarray,
+        past: list[np.ndarray],
+        tau: float = 0.0,
+        force_slices: int = 0,
+        attention_mask: np.ndarray | None = None,
+    ) -> StepOutput:
+        """One forward call over ``input_ids`` [b, s] continuing ``past``."""
+        b, s = input_ids.shape
+        past_len = past[0].shape[2]
+        if attention_mask is None:
+            attention_mask = np.ones((b, past_len + s), np.int64)
+        feeds: dict[str, Any] = {"input_ids": np.ascontiguousarray(input_ids, np.int64)}
+        if "attention_mask" in self._input_names:
+            feeds["attention_mask"] = attention_mask
+        if self.mixed_bit:
+            feeds["tau"] = np.array(tau, np.float32)
+            feeds["force_slices"] = np.array(force_slices, np.int64)
+        if "position_ids" in self._input_names:
+            feeds["position_ids"] = np.broadcast_to(
+                np.arange(past_len, past_len + s, dtype=np.int64), (b, s)
+            ).copy()
+        for i in range(self.config.num_layers):
+            feeds[f"past_key_values.{i}.key"] = past[2 * i]
+            feeds[f"past_key_values.{i}.value"] = past[2 * i + 1]
+        t0 = time.perf_counter()
+        outs = self.session.run(None, feeds)
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        by_name = dict(zip(self._output_names, outs, strict=True))
+        return StepOutput(
+            logits=by_name["logits"][:, -1, :],
+            present=[by_name[n] for n in self._present_names],
+            slice_counts=by_name.get("slice_counts", np.zeros((0,), np.int64)),
+            latency_ms=latency_ms,
+        )
+
+    def average_bits(self, slice_counts: np.ndarray) -> float:
+        """Unweighted mean of bits(count) over all routed entries (docs/controller.md)."""
+        if not self.mixed_bit:  # a float or fixed-precision reference graph
+            return float(sum(self.config.slice_bits))
+        counts = np.clip(slice_counts, 1, self.config.num_slices)
+        return float(self.config.bits_per_count[counts].mean()) if counts.size else float("nan")

@@ -1,0 +1,145 @@
+"""End-to-end single calibration on the tiny random LLaMA: artifact, losses, τ table, routers."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from mbq_onnx.calibrate import CalibConfig, calibrate, fake_quantize_model, write_artifact
+from mbq_onnx.model import build_model, load_artifact
+from mbq_onnx.quant.spec import QuantSpec
+
+SPEC = QuantSpec((4, 2, 2), 16)
+TINY = CalibConfig(samples=8, seqlen=32, base_epochs=1, epochs=3, batch_size=4, lr_lwc=2e-2, lr_router=2e-2)
+
+
+def _ids(seed: int = 0, n: int = 8, seqlen: int = 32) -> torch.Tensor:
+    return torch.randint(0, 256, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+_SHARED: dict[str, tuple] = {}
+
+
+@pytest.fixture
+def calibrated(tiny_llama):
+    """One calibration of the tiny model, shared by the tests of this module: (float model, result)."""
+    if "linear" not in _SHARED:
+        model = tiny_llama(seed=0)
+        _SHARED["linear"] = (model, calibrate(model, None, SPEC, TINY, input_ids=_ids(), progress=False))
+    return _SHARED["linear"]
+
+
+def test_calibration_leaves_model_unchanged(tiny_llama):
+    model = tiny_llama(seed=1)
+    before = copy.deepcopy(model.state_dict())
+    calibrate(model, None, SPEC, TINY.with_overrides(epochs=1), input_ids=_ids(1), progress=False)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(type(m).__name__ != "CalibLinear" for m in model.modules())
+
+
+def test_calibrated_block_losses_do_not_exceed_rtn(calibrated):
+    _, result = calibrated
+    blocks = result.report["blocks"]
+    assert len(blocks) == 2
+    improved = False
+    for b in blocks:
+        for k in ("1", "2", "3"):
+            assert b["calibrated_mse"][k] <= b["rtn_mse"][k] * (1 + 1e-6), (b["block"], k)
+        improved |= b["calibrated_mse"]["1"] < 0.99 * b["rtn_mse"]["1"]
+    assert improved, "calibration never improved the base slice over RTN"
+
+
+def test_tau_table_is_monotone_and_spans_precisions(calibrated):
+    _, result = calibrated
+    table = result.tau_table
+    assert [r["tau"] for r in table] == sorted(r["tau"] for r in table)
+    bits = [r["avg_bits"] for r in table]
+    assert all(a >= b - 1e-9 for a, b in zip(bits, bits[1:], strict=False)), bits
+    assert all(SPEC.cum_bits[0] <= b <= SPEC.total_bits for b in bits)
+    assert bits[0] > bits[-1]
+
+
+def test_artifact_roundtrip_matches_fake_quantized_model(calibrated, tmp_path):
+    model, result = calibrated
+    path = write_artifact(tmp_path / "art", model, result, source={"model": "tiny"})
+    art = load_artifact(path, expected_spec=SPEC)
+    assert art.granularity == "linear"
+    assert art.tau_table == result.tau_table
+    report = json.loads((path / "calibration_report.json").read_text())
+    assert len(report["blocks"]) == 2 and report["tau_table"] == result.tau_table
+    built, ctx = build_model(path)
+    ids = _ids(5, n=2)
+    for k in (1, 2, 3):
+        ctx.force_slices = k
+        ref = fake_quantize_model(copy.deepcopy(model), result, k)
+        with torch.no_grad():
+            torch.testing.assert_close(built(input_ids=ids).logits, ref(input_ids=ids).logits,
+                                       rtol=1e-4, atol=1e-4)
+
+
+def test_trained_routers_change_counts_with_tau(calibrated, tmp_path):
+    model, result = calibrated
+    built, ctx = build_model(write_artifact(tmp_path / "art", model, result))
+    ctx.record = True
+    means = {}
+    for tau in (0.05, 0.5, 0.95):
+        ctx.tau, ctx.records = tau, []
+        with torch.no_grad():
+            built(input_ids=_ids(7, n=2))
+        means[tau] = torch.cat([r.reshape(-1) for r in ctx.records]).float().mean().item()
+    assert means[0.05] >= means[0.5] >= means[0.95]
+    assert means[0.05] > means[0.95]
+
+
+def test_block_router_artifact(tiny_llama, tmp_path):
+    model = tiny_llama(seed=2)
+    cfg = TINY.with_overrides(router="block", epochs=1)
+    result = calibrate(model, None, SPEC, cfg, input_ids=_ids(2), progress=False)
+    assert result.granularity == "block" and set(result.routers) == {"model.layers.0", "model.layers.1"}
+    built, ctx = build_model(write_artifact(tmp_path / "blk", model, result))
+    ctx.record = True
+    with torch.no_grad():
+        built(input_ids=_ids(3, n=1))
+    assert len(ctx.records) == 2  # one count tensor per block
+    assert result.tau_table[0]["avg_bits"] >= result.tau_table[-1]["avg_bits"]
+
+
+def test_single_precision_mode(tiny_llama):
+    model = tiny_llama(seed=3)
+    result = calibrate(model, None, SPEC, TINY.with_overrides(epochs=1), precisions=[2], input_ids=_ids(3),
+                       progress=False)
+    assert result.granularity == "none" and not result.routers and not result.tau_table
+    for b in result.report["blocks"]:
+        assert set(b["calibrated_mse"]) == {"2"}
+        assert b["calibrated_mse"]["2"] <= b["rtn_mse"]["2"] * (1 + 1e-6)
+
+
+def test_bad_precisions_rejected(tiny_llama):
+    with pytest.raises(ValueError, match="precisions"):
+        calibrate(tiny_llama(), None, SPEC, TINY, precisions=[4], input_ids=_ids(), progress=False)
+
+
+def test_seeded_calibration_is_reproducible(tiny_llama):
+    cfg = TINY.with_overrides(epochs=1)
+    a = calibrate(tiny_llama(seed=4), None, SPEC, cfg, input_ids=_ids(4), progress=False)
+    b = calibrate(tiny_llama(seed=4), None, SPEC, cfg, input_ids=_ids(4), progress=False)
+    for name, (scale, zero) in a.params.items():
+        assert torch.equal(scale, b.params[name][0]) and torch.equal(zero, b.params[name][1])
+    assert a.tau_table == b.tau_table
+
+
+def test_unit_clipping_reproduces_the_rtn_grid(tiny_llama):
+    from mbq_onnx.calibrate.trainable import clipped_minmax_params
+    from mbq_onnx.quant import residual
+
+    w = tiny_llama().model.layers[0].mlp.down_proj.weight.detach()
+    ones = torch.ones(w.shape[0], SPEC.num_groups(w.shape[1]))
+    for got, want in zip(clipped_minmax_params(w, SPEC, ones, ones), residual.minmax_params(w, SPEC), strict=True):
+        assert torch.equal(got, want)
+    scale, _ = clipped_minmax_params(w, SPEC, ones * 0.5, ones * 0.5)
+    assert torch.all(scale < residual.minmax_params(w, SPEC)[0])
