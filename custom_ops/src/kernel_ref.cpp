@@ -66,7 +66,15 @@ void gemv_q8_ref(const PackedWeights& w, int k, const int8_t* qa, const float* q
   }
 }
 
-const KernelTable kRef = {"ref", gemv_ref, gemm_ref, 1, gemv_q8_ref};
+void gemm_q8_ref(const PackedWeights& w, int k, const int8_t* qa, size_t qa_stride, const float* qscale,
+                 const float* qasum, int m, float* y, size_t ldy, int n0, int n1) {
+  const size_t nqs = static_cast<size_t>(w.Kp / kBlock), G = static_cast<size_t>(w.G);
+  for (int r = 0; r < m; ++r)
+    gemv_q8_ref(w, k, qa + r * qa_stride, qscale + r * nqs, qasum + r * G, y + r * ldy, n0, n1);
+}
+
+// The reference has the int8 prefill too, so that every table with one can be checked against it.
+const KernelTable kRef = {"ref", gemv_ref, gemm_ref, 1, gemv_q8_ref, nullptr, nullptr, gemm_q8_ref};
 
 }  // namespace
 

@@ -1,4 +1,4 @@
-// Internal kernel interface of libmbq_ops: every ISA (portable C++, x86 AVX2, ARM NEON)
+// Internal kernel interface of libmbq_ops: every ISA (portable C++, x86 AVX2 / AVX-512 VNNI, ARM NEON)
 // implements the same KernelTable against the same prepacked weights. The wire format
 // (the ONNX initializer) is described in custom_ops/README.md; this header describes the
 // *prepacked* (in-memory) format that MixedBitMatMul builds once at kernel creation.
@@ -59,10 +59,12 @@ struct PackedWeights {
   float offset[kMaxSlices + 1] = {};      // offset[k] = (2^(B - c_k) - 1) / 2
   const float* scales = nullptr;          // [N][G]
   const float* zeros = nullptr;           // [N][G]
+  const float* scales4 = nullptr;         // [N / 4][G][4]: scales of 4-channel tiles side by side (full tiles only)
+  const float* scale_zero4 = nullptr;     // [N / 4][G][4]: scale * zero, same layout
 
   // Owned storage behind the pointers above.
   std::vector<uint8_t> storage;
-  std::vector<float> scale_storage, zero_storage;
+  std::vector<float> scale_storage, zero_storage, scale4_storage, scale_zero4_storage;
 };
 
 // Y[0, n] = sum_i a[i] * w_k[n, i] for n in [n0, n1). `a` has Kp floats (zero padded);
@@ -76,19 +78,34 @@ using GemvFn = void (*)(const PackedWeights& w, int k_slices, const float* a, co
 using GemmFn = void (*)(const PackedWeights& w, int k_slices, const float* a, size_t lda, int m,
                         float* y, size_t ldy, int n0, int n1, float* scratch);
 
-// Int8-activation GEMV (opt-in, attribute accuracy_level=4): activations quantized per block of 32
-// (Q8_0-like): a[i] ~= qscale[i / 32] * qa[i], qa in [-127, 127], Kp values (zero padded).
-// qasum[g] = sum over group g of the *dequantized* activations (so zero points stay consistent).
+// Int8-activation GEMV (opt-in, attribute accuracy_level=4): activations quantized per block of
+// q8_block(w) values (min(max(group_size, 32), 128); like MatMulNBits' blocks): a[i] ~= qscale[i / 32] *
+// qa[i], qa in [-127, 127], Kp values (zero padded); qscale has one entry per 32 values (repeated
+// within a quantization block). qasum[g] = sum over group g of the *dequantized* activations (so zero
+// points stay consistent). Tables with q8_prepare get qa in a buffer of q8_bytes(w) bytes whose first
+// Kp bytes are the in-order values and whose rest q8_prepare fills (a kernel-private layout).
 using GemvQ8Fn = void (*)(const PackedWeights& w, int k_slices, const int8_t* qa, const float* qscale,
                           const float* qasum, float* y, int n0, int n1);
 
+// Int8-activation GEMM (accuracy_level=4, more than one row): m rows of activations prepared as for
+// GemvQ8Fn, row r at qa + r * qa_stride, qscale + r * (Kp / 32), qasum + r * G; Y rows at y + r * ldy.
+// Tables without it run prefill rows through the float GEMM.
+using GemmQ8Fn = void (*)(const PackedWeights& w, int k_slices, const int8_t* qa, size_t qa_stride, const float* qscale,
+                          const float* qasum, int m, float* y, size_t ldy, int n0, int n1);
+
 struct KernelTable {
-  const char* name;    // "ref", "avx2", "neon", ...
+  const char* name;    // "ref", "avx2", "avx512_vnni", "neon", ...
   GemvFn gemv;
   GemmFn gemm;
   int n_align;         // callers split N into ranges that are multiples of this (except the tail)
   GemvQ8Fn gemv_q8 = nullptr;  // optional; without it accuracy_level=4 runs the float path
+  size_t (*q8_bytes)(const PackedWeights& w) = nullptr;       // optional: activation buffer size (>= Kp)
+  void (*q8_prepare)(const PackedWeights& w, int8_t* qa) = nullptr;  // optional: fill the private layout
+  GemmQ8Fn gemm_q8 = nullptr;  // optional: int8 prefill (only where it beats the float GEMM)
 };
+
+// Values per activation quantization block of the int8 path (a multiple of 32).
+inline int q8_block(const PackedWeights& w) { return w.group_size < 32 ? 32 : (w.group_size > 128 ? 128 : w.group_size); }
 
 // Quantize one activation row (Kp floats, zero padded) for GemvQ8Fn.
 void quantize_row_q8(const PackedWeights& w, const float* a, int8_t* qa, float* qscale, float* qasum);
@@ -104,10 +121,11 @@ void prepack(PackedWeights& out, int K, int N, int group_size, const int* slice_
 // Per-ISA tables. A table getter returns nullptr when its ISA is not compiled in.
 const KernelTable* kernels_ref();
 const KernelTable* kernels_avx2();          // x86-64, needs AVX2 + FMA at run time
+const KernelTable* kernels_avx512_vnni();   // x86-64, needs AVX-512 F/BW/VL + VNNI (and AVX2 + FMA)
 const KernelTable* kernels_neon();          // aarch64 (kernel_neon.cpp)
 const KernelTable* kernels_neon_dotprod();  // aarch64 + dotprod (optional; may return nullptr)
 
-// Picks the best table the running CPU supports. Env MBQ_KERNEL=ref|avx2|neon|neon_dotprod
+// Picks the best table the running CPU supports. Env MBQ_KERNEL=ref|avx2|avx512_vnni|neon|neon_dotprod
 // forces a table (error if unavailable on this CPU/build). `error` is set on failure.
 const KernelTable* select_kernels(const char* forced, const char** error);
 

@@ -68,7 +68,7 @@ const char* type_name(ONNXTensorElementDataType t) {
 
 struct Attrs {
   int K = 0, N = 0, group_size = 0;
-  int accuracy_level = 0;  // 4: decode rows may use int8 activations (like MatMulNBits)
+  int accuracy_level = 0;  // 4: rows use int8 activations (like MatMulNBits)
   std::vector<int> bits;
   int G() const { return (K + group_size - 1) / group_size; }
   size_t packed_bytes() const {
@@ -208,8 +208,9 @@ struct Task {
   float* y;
   size_t ldy;
   int chunk;  // columns per ParallelFor index
-  const int8_t* qa = nullptr;  // int8 path (m == 1, accuracy_level 4)
-  const float* qscale = nullptr;
+  const int8_t* qa = nullptr;  // int8 path (accuracy_level 4): m rows of qa_stride bytes
+  const float* qscale = nullptr;  // m rows of Kp / 32
+  size_t qa_stride = 0;
 };
 
 void run_task(void* data, size_t index) {
@@ -217,8 +218,10 @@ void run_task(void* data, size_t index) {
   const int n0 = static_cast<int>(index) * t.chunk;
   const int n1 = std::min(t.w->N, n0 + t.chunk);
   if (n0 >= n1) return;
-  if (t.qa) {
+  if (t.qa && t.m == 1) {
     t.table->gemv_q8(*t.w, t.k_slices, t.qa, t.qscale, t.asum, t.y, n0, n1);
+  } else if (t.qa) {
+    t.table->gemm_q8(*t.w, t.k_slices, t.qa, t.qa_stride, t.qscale, t.asum, t.m, t.y, t.ldy, n0, n1);
   } else if (t.m == 1) {
     t.table->gemv(*t.w, t.k_slices, t.a, t.asum, t.y, n0, n1);
   } else {
@@ -266,44 +269,65 @@ void Kernel::Compute(OrtKernelContext* raw) const {
 
   // Bucket rows by slice count so each bucket reads only its planes.
   const int K = attrs.K, N = attrs.N, Kp = w->Kp, G = w->G;
-  std::vector<size_t> order(m);
-  std::vector<int> bucket_start(S + 2, 0);
+  // Per-thread buffers reused across calls (decode calls are small and frequent).
+  struct Workspace {
+    std::vector<size_t> order;
+    std::vector<float> a_pad, y_tmp, asum, qscale, qasum;
+    std::vector<int8_t> qa;
+  };
+  thread_local Workspace ws;
+  ws.order.resize(m);
+  size_t* order = ws.order.data();
+  int bucket_start[mbq::kMaxSlices + 2] = {};
   for (size_t r = 0; r < m; ++r) ++bucket_start[counts[r] + 1];
   for (int k = 1; k <= S + 1; ++k) bucket_start[k] += bucket_start[k - 1];
   {
-    std::vector<int> fill(bucket_start.begin(), bucket_start.end());
+    int fill[mbq::kMaxSlices + 2];
+    std::copy(bucket_start, bucket_start + S + 2, fill);
     for (size_t r = 0; r < m; ++r) order[fill[counts[r]]++] = r;
   }
   bool single_bucket = false;
   for (int k = 1; k <= S; ++k) single_bucket |= static_cast<size_t>(bucket_start[k + 1] - bucket_start[k]) == m;
 
   const float* a_in = A.GetTensorData<float>();
-  std::vector<float> a_pad(m * Kp, 0.f);
-  for (size_t i = 0; i < m; ++i) std::memcpy(&a_pad[i * Kp], a_in + order[i] * K, sizeof(float) * K);
-  std::vector<float> y_tmp;
+  ws.a_pad.resize(m * Kp);
+  float* a_pad = ws.a_pad.data();
+  for (size_t i = 0; i < m; ++i) {
+    std::memcpy(a_pad + i * Kp, a_in + order[i] * K, sizeof(float) * K);
+    std::fill(a_pad + i * Kp + K, a_pad + (i + 1) * Kp, 0.f);
+  }
   float* y_sorted = y;
   if (!single_bucket) {
-    y_tmp.resize(m * N);
-    y_sorted = y_tmp.data();
+    ws.y_tmp.resize(m * N);
+    y_sorted = ws.y_tmp.data();
   }
 
-  std::vector<float> asum(G, 0.f);
+  ws.asum.assign(G, 0.f);
+  float* asum = ws.asum.data();
+  // accuracy_level=4: int8 activations for decode rows, and for prefill where the table has an int8 GEMM.
   const bool use_q8 = attrs.accuracy_level == 4 && table->gemv_q8 != nullptr;
-  std::vector<int8_t> qa;
-  std::vector<float> qscale;
   for (int k = 1; k <= S; ++k) {
     const int b0 = bucket_start[k], b1 = bucket_start[k + 1];
     if (b0 == b1) continue;
     const int rows = b1 - b0;
-    Task t{w.get(), table, k, &a_pad[static_cast<size_t>(b0) * Kp], nullptr, rows, y_sorted + static_cast<size_t>(b0) * N,
+    Task t{w.get(), table, k, a_pad + static_cast<size_t>(b0) * Kp, nullptr, rows, y_sorted + static_cast<size_t>(b0) * N,
            static_cast<size_t>(N), 0};
-    if (rows == 1 && use_q8) {
-      qa.resize(Kp);
-      qscale.resize(Kp / mbq::kBlock);
-      mbq::quantize_row_q8(*w, t.a, qa.data(), qscale.data(), asum.data());
-      t.qa = qa.data();
-      t.qscale = qscale.data();
-      t.asum = asum.data();
+    if (use_q8 && (rows == 1 || table->gemm_q8)) {  // quantize each row once, reuse it for every channel
+      const size_t stride = table->q8_bytes ? std::max<size_t>(Kp, table->q8_bytes(*w)) : Kp;
+      const size_t nqs = static_cast<size_t>(Kp / mbq::kBlock);
+      ws.qa.resize(stride * rows);
+      ws.qscale.resize(nqs * rows);
+      ws.qasum.resize(static_cast<size_t>(G) * rows);
+      for (int r = 0; r < rows; ++r) {
+        int8_t* qa = ws.qa.data() + r * stride;
+        mbq::quantize_row_q8(*w, t.a + static_cast<size_t>(r) * Kp, qa, ws.qscale.data() + r * nqs,
+                             ws.qasum.data() + static_cast<size_t>(r) * G);
+        if (table->q8_prepare) table->q8_prepare(*w, qa);
+      }
+      t.qa = ws.qa.data();
+      t.qa_stride = stride;
+      t.qscale = ws.qscale.data();
+      t.asum = ws.qasum.data();
     } else if (rows == 1) {
       for (int g = 0; g < G; ++g) {
         float s = 0.f;
@@ -311,24 +335,34 @@ void Kernel::Compute(OrtKernelContext* raw) const {
         for (int i = g * attrs.group_size; i < i1; ++i) s += t.a[i];
         asum[g] = s;
       }
-      t.asum = asum.data();
+      t.asum = asum;
     }
     // ~16 column chunks per call (multiples of the kernel's alignment), at least 16 columns each.
     const int align = std::max(1, table->n_align);
     int chunk = std::max(16, (N + 15) / 16);
+    if (t.qa && rows > 1) {  // the GEMM re-reads the chunk's planes: keep them within ~256 KiB
+      int bits = 0;
+      for (int j = 0; j < k; ++j) bits += attrs.bits[j];
+      const size_t per_channel = static_cast<size_t>(Kp) * bits / 8 + 1;
+      chunk = std::min(chunk, std::max(16, static_cast<int>((size_t{256} << 10) / per_channel)));
+    }
     chunk = (chunk + align - 1) / align * align;
     t.chunk = chunk;
     const size_t tasks = static_cast<size_t>((N + chunk - 1) / chunk);
     const double work = static_cast<double>(rows) * N * K;
-    if (tasks == 1 || work < 32768.0) {
+    if (tasks == 1 || work < 262144.0) {  // below ~10 us of work the pool costs more than it saves
       for (size_t i = 0; i < tasks; ++i) run_task(&t, i);
     } else {
       ctx.ParallelFor(run_task, tasks, 0, &t);
     }
   }
   if (!single_bucket) {
-    for (size_t i = 0; i < m; ++i) std::memcpy(y + order[i] * N, &y_tmp[i * N], sizeof(float) * N);
+    for (size_t i = 0; i < m; ++i) std::memcpy(y + order[i] * N, y_sorted + i * N, sizeof(float) * N);
   }
+  constexpr size_t kKeep = size_t{1} << 22;  // keep at most 16 MiB per buffer between calls
+  if (ws.a_pad.capacity() > kKeep) std::vector<float>().swap(ws.a_pad);
+  if (ws.y_tmp.capacity() > kKeep) std::vector<float>().swap(ws.y_tmp);
+  if (ws.qa.capacity() > 4 * kKeep) std::vector<int8_t>().swap(ws.qa);
 }
 
 struct MixedBitMatMulOp : Ort::CustomOpBase<MixedBitMatMulOp, Kernel, true> {

@@ -31,17 +31,24 @@ inline unsigned read_bits(const uint8_t* src, int b, int i) {
 
 void quantize_row_q8(const PackedWeights& w, const float* a, int8_t* qa, float* qscale, float* qasum) {
   std::fill(qasum, qasum + w.G, 0.f);
-  for (int blk = 0; blk * kBlock < w.Kp; ++blk) {
-    const float* x = a + blk * kBlock;
+  const int qb = q8_block(w), gs = w.group_size;
+  constexpr float kRound = 12582912.f;  // 1.5 * 2^23: (x + kRound) - kRound rounds |x| < 2^22 to nearest even
+  for (int b0 = 0; b0 < w.Kp; b0 += qb) {
+    const int b1 = std::min(w.Kp, b0 + qb);
     float amax = 0.f;
-    for (int i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+    for (int i = b0; i < b1; ++i) amax = std::max(amax, std::fabs(a[i]));
     const float s = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
-    qscale[blk] = s;
-    for (int i = 0; i < kBlock; ++i) {
-      const int v = static_cast<int>(std::nearbyint(x[i] * inv));
-      qa[blk * kBlock + i] = static_cast<int8_t>(std::min(127, std::max(-127, v)));
-      const int g = (blk * kBlock + i) / w.group_size;
-      if (g < w.G) qasum[g] += s * qa[blk * kBlock + i];
+    for (int blk = b0 / kBlock; blk < b1 / kBlock; ++blk) qscale[blk] = s;
+    for (int i = b0; i < b1; ++i) {  // |a[i] * inv| <= 127
+      const float x = a[i] * inv;
+      qa[i] = static_cast<int8_t>(static_cast<int>((x + kRound) - kRound));
+    }
+    for (int g0 = b0; g0 < b1;) {  // qasum: exact integer sum per group, one multiply
+      const int g = g0 / gs, g1 = std::min(b1, (g + 1) * gs);
+      int sum = 0;
+      for (int i = g0; i < g1; ++i) sum += qa[i];
+      if (g < w.G) qasum[g] += s * static_cast<float>(sum);
+      g0 = g1;
     }
   }
 }
@@ -88,7 +95,7 @@ void prepack(PackedWeights& out, int K, int N, int group_size, const int* slice_
     out.offset[j + 1] = static_cast<float>(((1 << (total - cum)) - 1) / 2.0);
   }
   out.num_subplanes = np;
-  out.storage.assign(bytes + 64, 0);
+  out.storage.assign(bytes + 128, 0);  // slack: SIMD kernels may over-read a row's last unit
   size_t pos = 0;
   for (int p = 0; p < np; ++p) {
     out.sub[p].data = out.storage.data() + pos;
@@ -134,6 +141,18 @@ void prepack(PackedWeights& out, int K, int N, int group_size, const int* slice_
   for (size_t t = 0; t < ng; ++t) out.zero_storage[t] = static_cast<float>(zeros[t]);
   out.scales = out.scale_storage.data();
   out.zeros = out.zero_storage.data();
+  const size_t G = static_cast<size_t>(out.G);
+  out.scale4_storage.resize(static_cast<size_t>(N / 4) * G * 4);
+  out.scale_zero4_storage.resize(out.scale4_storage.size());
+  for (size_t t = 0; t < static_cast<size_t>(N / 4); ++t)
+    for (size_t g = 0; g < G; ++g)
+      for (size_t c = 0; c < 4; ++c) {
+        const size_t src = (4 * t + c) * G + g, dst = (t * G + g) * 4 + c;
+        out.scale4_storage[dst] = scales[src];
+        out.scale_zero4_storage[dst] = scales[src] * out.zero_storage[src];
+      }
+  out.scales4 = out.scale4_storage.data();
+  out.scale_zero4 = out.scale_zero4_storage.data();
 }
 
 }  // namespace mbq

@@ -104,8 +104,8 @@ class _HessianStats:
         self.rows = 0
 
     def hook(self, _module: nn.Module, args: tuple) -> None:
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-        self.sum += x.T @ x
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+        self.sum += (x.T @ x).double()  # float32 product per call, float64 running sum
         self.rows += x.shape[0]
 
     def hessian(self) -> torch.Tensor:

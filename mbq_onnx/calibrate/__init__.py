@@ -48,6 +48,9 @@ def calibrate(model: nn.Module, tokenizer: Any, spec: QuantSpec, config: CalibCo
     if input_ids is None:
         from ..assets import calibration_samples
 
+        if tokenizer is None:
+            raise ValueError("calibrate: give a tokenizer (to sample the calibration text) or input_ids")
+
         input_ids = calibration_samples(tokenizer, cfg.samples, cfg.seqlen, cfg.seed)
     return calibrate_blocks(model, spec, input_ids, cfg, precisions=precisions, progress=progress)
 

@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=None,
                    help="local Hugging Face causal-LM folder (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--output", required=True, help="artifact directory to write (replaced if it is an artifact)")
+    p.add_argument("--output", required=True, help="artifact directory (an existing artifact is replaced)")
     p.add_argument("--slices", default="4,2,2", help="slice bit widths, base first (default 4,2,2)")
     p.add_argument("--group", type=int, default=128, help="group size along K, a power of two >= 16")
     p.add_argument("--preset", choices=sorted(PRESETS), default="fast", help="hyper-parameter preset")
@@ -54,7 +54,7 @@ def _check_output(out: Path) -> str | None:
     except (OSError, ValueError):
         cfg = None
     if not isinstance(cfg, dict) or cfg.get("format") != "mbq-artifact":
-        return f"--output {out} exists and is not an mbq artifact; refusing to replace it (choose another path)"
+        return f"--output {out} exists and is not an mbq artifact; refusing to replace it"
     return None
 
 

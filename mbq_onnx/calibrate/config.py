@@ -55,7 +55,7 @@ class CalibConfig:
         if self.seqlen < 2:
             raise ValueError(f"seqlen must be >= 2, got {self.seqlen}")
         if self.base_epochs < 0 or self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0 (got base_epochs={self.base_epochs}, epochs={self.epochs})")
+            raise ValueError(f"epochs must be >= 0, got base_epochs={self.base_epochs} epochs={self.epochs}")
         if self.router not in ROUTER_GRANULARITIES:
             raise ValueError(f"router {self.router!r}: choose one of {list(ROUTER_GRANULARITIES)}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
@@ -75,7 +75,7 @@ class CalibConfig:
 
 PRESETS: dict[str, CalibConfig] = {
     # a small smoke-level calibration: minutes on 2 idle CPU cores for the embedded 135M model
-    "fast": CalibConfig(samples=16, seqlen=128, base_epochs=1, epochs=2, batch_size=4, lr_lwc=1e-2),
+    "fast": CalibConfig(samples=16, seqlen=256, base_epochs=1, epochs=2, batch_size=2, lr_lwc=1e-2),
     # the paper's setting: 128 samples x 2048 tokens (hours on a CPU)
     "paper": CalibConfig(samples=128, seqlen=2048, base_epochs=2, epochs=10, batch_size=1),
 }

@@ -51,7 +51,7 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        raise ValueError(f"{type(model).__name__}: no decoder blocks found (expected model.get_decoder().layers)")
+        raise ValueError(f"{type(model).__name__}: no decoder blocks (expected model.get_decoder().layers)")
     for name, module in model.named_modules():
         if module is layers:
             return name, layers
@@ -160,7 +160,9 @@ class _BlockCalibrator:
         self.wrapped: dict[str, CalibLinear] = {}
         per_linear = train_routers and cfg.router == "linear"
         for name, linear in self.originals.items():
-            router = SliceRouter(linear.in_features, spec.num_slices, cfg.router_hidden) if per_linear else None
+            router = None
+            if per_linear:
+                router = SliceRouter(linear.in_features, spec.num_slices, cfg.router_hidden)
             wrapped = CalibLinear(linear, spec, router)
             self.wrapped[name] = wrapped
             _set_submodule(block, name, wrapped)
@@ -262,7 +264,8 @@ class _BlockCalibrator:
         """
         if all(final[k] <= rtn[k] for k in self.precisions):
             return final, 1.0
-        learned = {n: (w.clip_lo.detach().clone(), w.clip_hi.detach().clone()) for n, w in self.wrapped.items()}
+        learned = {n: (w.clip_lo.detach().clone(), w.clip_hi.detach().clone())
+                   for n, w in self.wrapped.items()}
         for alpha in (0.75, 0.5, 0.25, 0.0):
             for n, w in self.wrapped.items():
                 lo, hi = learned[n]
@@ -313,8 +316,9 @@ class _BlockCalibrator:
             _set_submodule(self.block, name, linear)
 
 
-def calibrate_blocks(model: nn.Module, spec: QuantSpec, input_ids: Tensor, config: CalibConfig | None = None, *,
-                     precisions: Sequence[int] | None = None, progress: bool = True) -> CalibrationResult:
+def calibrate_blocks(model: nn.Module, spec: QuantSpec, input_ids: Tensor,
+                     config: CalibConfig | None = None, *, precisions: Sequence[int] | None = None,
+                     progress: bool = True) -> CalibrationResult:
     """Calibrate every decoder linear of ``model`` for all slice counts of ``spec`` at once.
 
     ``input_ids``: calibration token windows ``[n, L]`` (see :func:`mbq_onnx.assets.calibration_samples`).
@@ -325,7 +329,7 @@ def calibrate_blocks(model: nn.Module, spec: QuantSpec, input_ids: Tensor, confi
     all_precisions = list(range(1, spec.num_slices + 1))
     precs = sorted(set(precisions)) if precisions is not None else all_precisions
     if not precs or any(k not in all_precisions for k in precs):
-        raise ValueError(f"precisions {list(precisions or [])} must be slice counts within 1..{spec.num_slices}")
+        raise ValueError(f"precisions {list(precisions or [])}: slice counts lie within 1..{spec.num_slices}")
     if input_ids.ndim != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"input_ids must be [n, L] with L >= 2, got {tuple(input_ids.shape)}")
     train_routers = spec.num_slices > 1 and precs == all_precisions
@@ -395,11 +399,12 @@ def calibrate_blocks(model: nn.Module, spec: QuantSpec, input_ids: Tensor, confi
 
 @torch.no_grad()
 def fake_quantize_model(model: nn.Module, result: CalibrationResult, n_slices: int) -> nn.Module:
-    """Replace every calibrated linear's (float) weight by its ``n_slices``-slice dequantized value, in place."""
+    """Set each calibrated linear's (float) weight to its ``n_slices``-slice dequantized value, in place."""
     spec = result.spec
     for name, (scale, zero) in result.params.items():
         linear = model.get_submodule(name)
         w = linear.weight.detach().float()
         codes = residual.quantize_codes(w, scale, zero, spec)
-        linear.weight.copy_(residual.dequantize_codes(codes, scale, zero, spec, n_slices).to(linear.weight.dtype))
+        w_k = residual.dequantize_codes(codes, scale, zero, spec, n_slices)
+        linear.weight.copy_(w_k.to(linear.weight.dtype))
     return model

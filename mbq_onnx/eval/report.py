@@ -40,6 +40,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -137,6 +138,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     texts = report["texts"]
     fig, axes = plt.subplots(1, len(texts), figsize=(6.5 * len(texts), 4.8), squeeze=False)
@@ -181,6 +183,8 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
                 label=label,
             )
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.0f"))
         ax.set_xlabel("average bits per weight (decoder linears)")
         ax.set_ylabel("perplexity")
         ax.set_title(f"{report['settings'].get('model_name', 'model')} — {text}")

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx_ir
+import onnx_ir.passes.common as common_passes
+import onnxscript.optimizer
 import torch
 
 from .schema import DOMAIN, register_schema
@@ -132,6 +135,41 @@ def _rename_initializers(model: onnx.ModelProto, prefix: str = "model.") -> None
                 node.input[i] = mapping[name]
 
 
+def _tied_head_as_gemm(model: onnx.ModelProto) -> None:
+    """``MatMul(x, Transpose(E))``, ``E`` a shared initializer (tied lm_head) → ``Gemm(x2d, E, transB=1)``.
+
+    Left as is, ONNX Runtime's constant folding stores a transposed copy of the embedding (+113 MB in the
+    ``.ort`` file of SmolLM2); Gemm reads ``E`` transposed in place.
+    """
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    new_nodes = []
+    for node in graph.node:
+        src = producers.get(node.input[1]) if node.op_type == "MatMul" else None
+        perm = [list(a.ints) for a in src.attribute if a.name == "perm"] if src is not None else []
+        if (src is None or src.op_type != "Transpose" or src.input[0] not in inits
+                or perm not in ([], [[1, 0]])):
+            new_nodes.append(node)
+            continue
+        weight = inits[src.input[0]]
+        k, n = weight.dims[1], weight.dims[0]
+        x, y, tag = node.input[0], node.output[0], node.output[0]
+        new_nodes += [
+            onnx.helper.make_node("Shape", [x], [f"{tag}_xshape"], end=-1),
+            onnx.helper.make_node("Constant", [], [f"{tag}_k"], value_ints=[-1, k]),
+            onnx.helper.make_node("Constant", [], [f"{tag}_n"], value_ints=[n]),
+            onnx.helper.make_node("Reshape", [x, f"{tag}_k"], [f"{tag}_x2d"]),
+            onnx.helper.make_node("Gemm", [f"{tag}_x2d", weight.name], [f"{tag}_y2d"], transB=1),
+            onnx.helper.make_node("Concat", [f"{tag}_xshape", f"{tag}_n"], [f"{tag}_yshape"], axis=0),
+            onnx.helper.make_node("Reshape", [f"{tag}_y2d", f"{tag}_yshape"], [y]),
+        ]
+    used = {i for n in new_nodes for i in n.input}
+    kept = [n for n in new_nodes if n.op_type != "Transpose" or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def _strip_metadata(model: onnx.ModelProto) -> None:
     """Drop per-node debug metadata (source stack traces with local paths): smaller, machine-independent."""
     for node in model.graph.node:
@@ -169,6 +207,26 @@ def _quiet():
             lg.setLevel(level)
 
 
+def _optimize(model: onnx_ir.Model) -> None:
+    """onnxscript's default optimizer minus its pattern-rewrite pass: inline, fold constants (weight
+    transposes included), drop unused nodes, deduplicate, CSE. The rewrite pass adds little here and takes
+    minutes on a 30-layer model."""
+    common_passes.InlinePass()(model)
+    onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True)
+    passes = onnx_ir.passes.Sequential(
+        common_passes.RemoveUnusedNodesPass(),
+        common_passes.RemoveUnusedFunctionsPass(),
+        common_passes.RemoveUnusedOpsetsPass(),
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common_passes.DeduplicateInitializersPass(),
+        common_passes.CommonSubexpressionEliminationPass(),
+        common_passes.RemoveUnusedNodesPass(),
+        common_passes.OutputFixPass(),
+        common_passes.NameFixPass(),
+    )
+    passes(model)
+
+
 def export_graph(
     model: torch.nn.Module,
     ctx: Any,
@@ -202,15 +260,17 @@ def export_graph(
                 input_names=list(io_names.inputs),
                 output_names=list(io_names.outputs),
                 custom_translation_table=translation_table or {},
-                optimize=True,
+                optimize=False,
                 verbose=False,
             )
     finally:
         config._attn_implementation = saved_attn
+    _optimize(program.model)
     proto = program.model_proto
     _name_axes(proto, with_past)
     _strip_metadata(proto)
     _rename_initializers(proto)
+    _tied_head_as_gemm(proto)
     proto.producer_name = "mbq_onnx.export"
     actual = GraphIO(tuple(i.name for i in proto.graph.input), tuple(o.name for o in proto.graph.output))
     if actual != io_names:

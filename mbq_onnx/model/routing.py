@@ -90,8 +90,10 @@ def slice_gates(logits: Tensor, tau: float | Tensor, hard: bool = True) -> Tenso
 
 def slice_counts(logits: Tensor, tau: float | Tensor) -> Tensor:
     """``1 + Σ_j Π_{i≤j} [sigmoid(logit_i) > tau]`` as int64 ``logits.shape[:-1]`` (higher τ → fewer)."""
+    # ``sigmoid(l) > tau`` as ``l > logit(tau)``: exact at tau = 0 (-inf: all slices) and tau = 1
+    # (+inf: base only), where a float sigmoid that underflows to 0 would disagree between runtimes.
     tau_t = torch.as_tensor(tau, dtype=torch.float32, device=logits.device)
-    on = (torch.sigmoid(logits.float()) > tau_t).to(torch.int64)
+    on = (logits.float() > torch.log(tau_t) - torch.log(1 - tau_t)).to(torch.int64)
     return 1 + torch.cumprod(on, dim=-1).sum(-1)
 
 

@@ -37,7 +37,7 @@ def probe_grid(session: MbqSession) -> list[float]:
             if isinstance(row, dict) and isinstance(row.get("tau"), int | float) and np.isfinite(row["tau"])
         }
     )
-    stride = -(-len(table) // MAX_TABLE_POINTS)  # ceil
+    stride = max(1, -(-len(table) // MAX_TABLE_POINTS))  # ceil; 1 for an empty table
     taus = {0.0, 1.0, *table[::stride]}
     if len(taus) < 5:
         taus.update(EXTRA_GRID)

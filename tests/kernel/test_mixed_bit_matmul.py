@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 from pathlib import Path
 
@@ -17,7 +19,11 @@ from mbq_onnx.quant.reference import mixed_bit_matmul
 from mbq_onnx.quant.spec import QuantSpec
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "packed_layout.json"
-KERNELS = ["ref", "auto"]  # "auto": the table the dispatcher picks for this CPU (AVX2 / NEON when present)
+# Tables forced with MBQ_KERNEL (skipped where this CPU/build lacks them) and "auto", the one the dispatcher
+# picks (AVX-512 VNNI, else AVX2 on x86-64). AVX2 stays tested on AVX-512 machines through MBQ_KERNEL.
+KERNELS = ["ref", "avx2", "avx512_vnni", "auto"]
+# Tables whose prefill (M > 1) with accuracy_level=4 uses int8 activations (others use the float GEMM).
+INT8_PREFILL = {"ref", "avx512_vnni"}
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +32,42 @@ def _library() -> None:
         ops_lib.library_path()
     except FileNotFoundError as e:
         pytest.fail(str(e))
+
+
+@functools.cache
+def kernel_available(kernel: str) -> bool:
+    """Whether MBQ_KERNEL=kernel works on this CPU/build (the library refuses unavailable tables)."""
+    if kernel == "auto":
+        return True
+    model = make_model(Weights.random(QuantSpec((4,), 32), 4, 32, np.random.default_rng(0)))
+    so = ort.SessionOptions()
+    ops_lib.register(so)
+    old = os.environ.get("MBQ_KERNEL")
+    os.environ["MBQ_KERNEL"] = kernel
+    try:
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own exception types
+        if "not available" in str(e):
+            return False
+        raise
+    finally:
+        if old is None:
+            del os.environ["MBQ_KERNEL"]
+        else:
+            os.environ["MBQ_KERNEL"] = old
+    return True
+
+
+def resolve(kernel: str) -> str:
+    """The table name ``kernel`` runs ("auto": the best available x86 table, else "auto")."""
+    if kernel != "auto":
+        return kernel
+    return next((k for k in ("avx512_vnni", "avx2") if kernel_available(k)), "auto")
+
+
+def require(kernel: str) -> None:
+    if not kernel_available(kernel):
+        pytest.skip(f"kernel table {kernel!r} is not available on this CPU/build")
 
 
 def session(
@@ -56,6 +98,7 @@ def assert_close(y: np.ndarray, expected: np.ndarray) -> None:
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_golden_vector(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    require(kernel)
     golden = json.loads(GOLDEN.read_text())
     for case in golden["cases"]:
         spec = QuantSpec(tuple(case["slice_bits"]), case["group_size"])
@@ -84,6 +127,7 @@ ALL_CASES = standard_cases()
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("case", ALL_CASES, ids=[c.name for c in ALL_CASES])
 def test_matches_reference(case, kernel: str, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    require(kernel)
     (y,) = session(case.model, threads, kernel, monkeypatch).run(None, case.feeds)
     assert_close(y, case.expected)
 
@@ -276,32 +320,47 @@ def test_forced_kernel_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------------ int8 activations (opt-in)
 
 
-@pytest.mark.parametrize(
-    "bits", [(4, 2, 2), (2, 2, 2, 2), (8,), (3, 2), (4, 4)], ids=lambda b: "-".join(map(str, b))
-)
-@pytest.mark.parametrize("group", [16, 128])
-def test_int8_activation_path(bits: tuple[int, ...], group: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """accuracy_level=4: decode rows use Q8 (per 32 values) activations. The SIMD table matches the portable
-    one on the same quantized activations, and both stay within activation-quantization error of the
-    float64 reference; prefill rows (M > 1) keep the float path."""
+@pytest.mark.parametrize("kernel", [k for k in KERNELS if k != "ref"])
+@pytest.mark.parametrize("group", [16, 128, 256])
+@pytest.mark.parametrize("bits", SLICE_CONFIGS, ids=lambda b: "-".join(map(str, b)))
+def test_int8_activation_path(
+    bits: tuple[int, ...], group: int, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """accuracy_level=4: rows use int8 activations (one scale per min(group, 128) values). The SIMD table
+    matches the portable one on the same quantized activations, both stay within activation-quantization
+    error of the float64 reference, and prefill (M > 1, mixed counts, 2 threads) runs int8 on tables with
+    an int8 GEMM and the float GEMM on the others. K=300 is ragged for every group; N=70 leaves channel
+    tails after 8- and 4-channel tiles."""
+    require(kernel)
     rng = np.random.default_rng(9)
     spec = QuantSpec(bits, group)
-    w = Weights.random(spec, 70, 300, rng)
+    n, k = 70, 300
+    w = Weights.random(spec, n, k, rng)
     model = make_model(w, attrs={"accuracy_level": 4})
-    a = rng.standard_normal((1, 300)).astype(np.float32)
+    ref = session(model, kernel="ref", monkeypatch=monkeypatch)
+    sess = session(model, threads=2, kernel=kernel, monkeypatch=monkeypatch)
+    a = rng.standard_normal((1, k)).astype(np.float32)
     for count in range(1, spec.num_slices + 1):
         feeds = {"A": a, "slice_count": np.array([count])}
-        expected = mixed_bit_matmul(a, feeds["slice_count"], w.packed, w.scales, w.zeros, spec, 70)
-        (y_ref,) = session(model, kernel="ref", monkeypatch=monkeypatch).run(None, feeds)
-        (y_auto,) = session(model, kernel="auto", monkeypatch=monkeypatch).run(None, feeds)
+        expected = mixed_bit_matmul(a, feeds["slice_count"], w.packed, w.scales, w.zeros, spec, n)
+        (y_ref,) = ref.run(None, feeds)
+        (y,) = sess.run(None, feeds)
         scale = float(np.abs(expected).max())
-        assert float(np.abs(y_auto - y_ref).max()) <= 2e-5 * scale
+        assert float(np.abs(y - y_ref).max()) <= 2e-5 * scale
         err = float(np.abs(y_ref - expected).max())
         assert 1e-6 * scale < err <= 3e-2 * scale  # quantized, not float, and still close
-    a2 = np.repeat(a, 40, axis=0)
-    counts = np.full(40, spec.num_slices)
-    (y,) = session(model, monkeypatch=monkeypatch).run(None, {"A": a2, "slice_count": counts})
-    assert_close(y, mixed_bit_matmul(a2, counts, w.packed, w.scales, w.zeros, spec, 70))
+    a2 = rng.standard_normal((40, k)).astype(np.float32)
+    counts = rng.integers(1, spec.num_slices + 1, size=40)
+    feeds = {"A": a2, "slice_count": counts}
+    expected = mixed_bit_matmul(a2, counts, w.packed, w.scales, w.zeros, spec, n)
+    (y,) = sess.run(None, feeds)
+    if resolve(kernel) in INT8_PREFILL:
+        (y_ref,) = ref.run(None, feeds)
+        scale = float(np.abs(expected).max())
+        assert float(np.abs(y - y_ref).max()) <= 2e-5 * scale
+        assert 1e-6 * scale < float(np.abs(y_ref - expected).max()) <= 3e-2 * scale
+    else:
+        assert_close(y, expected)
 
 
 def test_bad_accuracy_level() -> None:

@@ -22,6 +22,12 @@ def test_slice_counts_are_cumulative() -> None:
     assert slice_counts(logits, torch.tensor(0.5)).dtype == torch.int64
 
 
+def test_tau_bounds_are_exact_even_for_extreme_logits() -> None:
+    logits = torch.tensor([[-200.0, -200.0], [200.0, 200.0], [0.0, -1e30]])  # sigmoid(-200) underflows to 0
+    assert slice_counts(logits, 0.0).tolist() == [3, 3, 3]  # tau = 0: every slice
+    assert slice_counts(logits, 1.0).tolist() == [1, 1, 1]  # tau = 1: base slice only
+
+
 def test_higher_tau_never_adds_slices() -> None:
     torch.manual_seed(0)
     router = SliceRouter(40, 4, hidden=8)
