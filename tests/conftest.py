@@ -59,12 +59,38 @@ def tiny_llama():
     return make_tiny_llama
 
 
+def make_tiny_artifact(
+    out: Path,
+    slices=(4, 2, 2),
+    group: int = 16,
+    granularity: str = "linear",
+    seed: int = 0,
+    tie_word_embeddings: bool = True,
+    router_hidden: int = 8,
+    tokenizer_dir: Path | None = None,
+) -> Path:
+    """An artifact at ``out`` from the tiny LLaMA with RTN parameters and random (spread) routers."""
+    from mbq_onnx.model import quantize_model, save_artifact
+    from mbq_onnx.quant.spec import QuantSpec
+
+    spec = QuantSpec(tuple(slices), group)
+    model = make_tiny_llama(seed, tie_word_embeddings)
+    quantize_model(model, spec, granularity=granularity, router_hidden=router_hidden, seed=seed)
+    make_router_spread(model, seed)
+    return save_artifact(
+        out,
+        model,
+        spec,
+        tau_table=[{"tau": 0.5, "avg_slices": 2.0, "avg_bits": 6.0}],
+        source={"model": "tiny-random-llama", "seed": seed},
+        tokenizer=tokenizer_dir,
+    )
+
+
 @pytest.fixture
 def tiny_artifact(tmp_path: Path) -> Callable[..., Path]:
     """Factory fixture: ``tiny_artifact(slices=(4, 2, 2), group=16, granularity="linear", ...) -> Path`` —
     an artifact from the tiny LLaMA with RTN parameters and random (spread) routers; no calibration."""
-    from mbq_onnx.model import quantize_model, save_artifact
-    from mbq_onnx.quant.spec import QuantSpec
 
     def make(
         slices=(4, 2, 2),
@@ -75,17 +101,7 @@ def tiny_artifact(tmp_path: Path) -> Callable[..., Path]:
         name: str | None = None,
         router_hidden: int = 8,
     ) -> Path:
-        spec = QuantSpec(tuple(slices), group)
-        model = make_tiny_llama(seed, tie_word_embeddings)
-        quantize_model(model, spec, granularity=granularity, router_hidden=router_hidden, seed=seed)
-        make_router_spread(model, seed)
         out = tmp_path / (name or f"artifact-{'-'.join(map(str, slices))}-g{group}-{granularity}-s{seed}")
-        return save_artifact(
-            out,
-            model,
-            spec,
-            tau_table=[{"tau": 0.5, "avg_slices": 2.0, "avg_bits": 6.0}],
-            source={"model": "tiny-random-llama", "seed": seed},
-        )
+        return make_tiny_artifact(out, slices, group, granularity, seed, tie_word_embeddings, router_hidden)
 
     return make

@@ -47,6 +47,15 @@ def _run(cmd: list[str], what: str) -> None:
     print(f"    {what} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+def _export(artifact: Path, model_dir: Path) -> None:
+    """Export the calibrated ``artifact`` to ``model_dir`` (replacing it) with the export CLI."""
+    _run(
+        [sys.executable, "-m", "mbq_onnx.export", "--artifact", str(artifact), "--output", str(model_dir),
+         "--overwrite"],
+        "export",
+    )
+
+
 def prepare_model(fresh: bool, artifact: Path | None = None) -> Path:
     """Calibrate and export the embedded model unless both are already in the cache.
 
@@ -60,19 +69,7 @@ def prepare_model(fresh: bool, artifact: Path | None = None) -> Path:
         model_dir = models / f"{artifact.name}-onnx"
         fresh = fresh or not (model_dir / "mbq_config.json").is_file()
         if fresh:
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "mbq_onnx.export",
-                    "--artifact",
-                    str(artifact),
-                    "--output",
-                    str(model_dir),
-                    "--overwrite",
-                ],
-                "export",
-            )
+            _export(artifact, model_dir)
         return model_dir
     artifact = models / ARTIFACT_NAME
     have_artifact = (artifact / "config.json").is_file() and (artifact / "weights.safetensors").is_file()
@@ -85,19 +82,7 @@ def prepare_model(fresh: bool, artifact: Path | None = None) -> Path:
         print(f"==> reusing calibrated artifact {artifact}")
     exported = (model_dir / "mbq_config.json").is_file() and (model_dir / "model.onnx").is_file()
     if fresh or not have_artifact or not exported:
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "mbq_onnx.export",
-                "--artifact",
-                str(artifact),
-                "--output",
-                str(model_dir),
-                "--overwrite",
-            ],
-            "export",
-        )
+        _export(artifact, model_dir)
     else:
         print(f"==> reusing exported model {model_dir}")
     return model_dir

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -41,50 +42,21 @@ FORMAT, VERSION = "mbq-generation-trace", 1
 PROMPT = "The committee met on Tuesday to"
 MAX_NEW_TOKENS = 16
 FIXED_TAU = 0.5
-SLICES = (4, 2, 2)
+RUNTIME_TESTLIB = REPO_ROOT / "tests" / "runtime" / "runtime_testlib.py"
 
 
 def build_tiny_model(root: Path, seed: int = 0) -> Path:
     """A seeded random 2-layer LLaMA (hidden 512, byte-level vocab 256) → RTN mixed-bit → exported dir.
 
-    Big enough that the slice count visibly changes step latency (the controller needs a slope)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mbq_onnx.export import export_artifact
-    from mbq_onnx.model import SliceRouter, quantize_model, save_artifact
-    from mbq_onnx.quant.spec import QuantSpec
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=512, intermediate_size=1536, num_hidden_layers=2,
-                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True, rms_norm_eps=1e-5)
-    model = LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():  # HF init is tiny; widen it so logits and routing vary between tokens
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.normal_(0.0, 0.08)
-    spec = QuantSpec(SLICES, 64)
-    quantize_model(model, spec, granularity="linear", router_hidden=8, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # routers with large logits: different tokens and τ pick different slice counts
-        for m in model.modules():
-            if isinstance(m, SliceRouter):
-                m.fc1.weight.normal_(0, 3.0 / m.in_features**0.5, generator=g)
-                m.fc2.weight.normal_(0, 2.0, generator=g)
-                m.fc2.bias.normal_(0, 1.0, generator=g)
-    tok_dir = root / "tokenizer"
-    tok_dir.mkdir(parents=True)
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.save(str(tok_dir / "tokenizer.json"))
-    artifact = save_artifact(root / "artifact", model, spec,
-                             tau_table=[{"tau": 0.5, "avg_slices": 2.0, "avg_bits": 6.0}],
-                             source={"model": "tiny-random-llama", "seed": seed}, tokenizer=tok_dir)
-    return Path(export_artifact(artifact, root / "model", progress=False))
+    The runtime tests' builder (``tests/runtime/runtime_testlib.py``), so the recording and the Python
+    tests use the same recipe. Big enough that the slice count visibly changes step latency (the
+    controller needs a slope)."""
+    spec = importlib.util.spec_from_file_location("mbq_runtime_testlib", RUNTIME_TESTLIB)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"cannot load the tiny-model builder {RUNTIME_TESTLIB}")
+    testlib = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(testlib)
+    return testlib.build_exported_model(root, seed=seed, max_positions=256, source_model="tiny-random-llama")
 
 
 class _RecordingOrtSession:

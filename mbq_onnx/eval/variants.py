@@ -126,18 +126,26 @@ def eval_float(setup: EvalSetup, load: ModelLoader) -> dict[str, Any]:
     return _row("float", label("float"), bits=None, model_bytes=float_model_bytes(model), results=results)
 
 
-def eval_rtn(setup: EvalSetup, load: ModelLoader, spec: BaselineSpec) -> dict[str, Any]:
-    model = rtn_quantize_model(load(), spec)
-    name = label("rtn", bits=spec.bits, group_size=spec.group_size)
+def _eval_uniform(
+    setup: EvalSetup, method: str, name: str, model: nn.Module, spec: BaselineSpec, **extra: Any
+) -> dict[str, Any]:
+    """Evaluate a uniformly quantized (RTN/GPTQ) ``model`` and make its row."""
     results = setup.run(torch_logits_fn(model), name, spec.bits)
     return _row(
-        "rtn",
+        method,
         name,
         bits=spec.bits,
         group_size=spec.group_size,
         model_bytes=quantized_model_bytes(model, spec.bits, spec.group_size),
         results=results,
+        **extra,
     )
+
+
+def eval_rtn(setup: EvalSetup, load: ModelLoader, spec: BaselineSpec) -> dict[str, Any]:
+    model = rtn_quantize_model(load(), spec)
+    name = label("rtn", bits=spec.bits, group_size=spec.group_size)
+    return _eval_uniform(setup, "rtn", name, model, spec)
 
 
 def eval_gptq(
@@ -153,14 +161,12 @@ def eval_gptq(
         load(), samples, spec, act_order=act_order, damp=damp, progress=setup.progress
     )
     name = label("gptq", bits=spec.bits, group_size=spec.group_size, act_order=act_order)
-    results = setup.run(torch_logits_fn(model), name, spec.bits)
-    return _row(
+    return _eval_uniform(
+        setup,
         "gptq",
         name,
-        bits=spec.bits,
-        group_size=spec.group_size,
-        model_bytes=quantized_model_bytes(model, spec.bits, spec.group_size),
-        results=results,
+        model,
+        spec,
         calibration={
             "samples": int(samples.shape[0]),
             "seqlen": int(samples.shape[-1]),

@@ -88,30 +88,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..model.artifact import ArtifactError
     from .exporter import ExportError, export_artifact, export_float_model
 
+    common = {
+        "with_past": args.with_past,
+        "ort_format": args.ort,
+        "opset": args.opset,
+        "overwrite": args.overwrite,
+        "progress": not args.quiet,
+    }
     try:
         if args.hf_model:
             if args.reference or args.reference_slices is not None:
                 raise ExportError("--reference/--reference-slices apply to --artifact exports only")
-            out = export_float_model(
-                args.hf_model,
-                args.output,
-                with_past=args.with_past,
-                ort_format=args.ort,
-                opset=args.opset,
-                overwrite=args.overwrite,
-                progress=not args.quiet,
-            )
+            out = export_float_model(args.hf_model, args.output, **common)
         else:
             out = export_artifact(
                 args.artifact,
                 args.output,
-                with_past=args.with_past,
-                ort_format=args.ort,
-                opset=args.opset,
                 reference=args.reference,
                 reference_slices=args.reference_slices,
-                overwrite=args.overwrite,
-                progress=not args.quiet,
+                **common,
             )
     except (ArtifactError, ExportError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..atomic import replace_directory
 from .graph import DEFAULT_OPSET, GraphIO, export_graph
 from .wrapper import SUPPORTED_MODEL_TYPES
 
@@ -60,21 +60,8 @@ def atomic_directory(output: Path, overwrite: bool) -> Iterator[Path]:
     output = Path(output)
     if output.exists() and not overwrite:
         raise ExportError(f"output {output} exists; pass --overwrite to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with replace_directory(output) as tmp:
         yield tmp
-        if output.exists():
-            old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-            output.rename(old)
-            tmp.rename(output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
@@ -146,10 +133,12 @@ def dequantize_model(model: nn.Module, n_slices: int) -> nn.Module:
     return model
 
 
-def _convert_to_ort(tmp: Path, library: str | None) -> None:
+def _convert_to_ort(tmp: Path, library: str | None, config: dict[str, Any]) -> None:
+    """Write the ORT-format copy of ``tmp/model.onnx`` and record it in ``config``."""
     from .ort_format import convert_to_ort
 
     convert_to_ort(tmp / MODEL_FILE, tmp / library if library else None)
+    config["ort_model_file"] = ORT_FILE
 
 
 def export_artifact(
@@ -228,8 +217,7 @@ def export_artifact(
             bar.update()
             if ort_format:
                 bar.set_postfix_str(stages[3])
-                _convert_to_ort(tmp, library)
-                config["ort_model_file"] = ORT_FILE
+                _convert_to_ort(tmp, library, config)
                 bar.update()
             write_config(tmp, config)
     finally:
@@ -292,8 +280,7 @@ def export_float_model(
             bar.update()
             if ort_format:
                 bar.set_postfix_str("ORT format")
-                _convert_to_ort(tmp, None)
-                config["ort_model_file"] = ORT_FILE
+                _convert_to_ort(tmp, None, config)
                 bar.update()
             write_config(tmp, config)
     finally:

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..atomic import replace_directory
 from ..quant.spec import QuantSpec
 from .linear import (
     GRANULARITIES,
@@ -142,10 +142,7 @@ def save_artifact(
         "tau_table": [dict(r) for r in tau_table],
         "source": dict(source or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with replace_directory(path) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=_layout_metadata(spec))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
         if report is not None:
@@ -153,16 +150,6 @@ def save_artifact(
         if tokenizer is not None:
             _save_tokenizer(tokenizer, tmp)
         load_artifact(tmp, expected_spec=spec)  # validate what was written
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

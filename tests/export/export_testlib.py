@@ -38,21 +38,8 @@ def make_artifact(
     tokenizer_dir: Path | None = None,
 ) -> Path:
     """A tiny RTN artifact with spread random routers (the repo conftest's recipe, at a chosen path)."""
-    make_router_spread, make_tiny_llama = repo_conftest().make_router_spread, repo_conftest().make_tiny_llama
-    from mbq_onnx.model import quantize_model, save_artifact
-    from mbq_onnx.quant.spec import QuantSpec
-
-    spec = QuantSpec(tuple(slices), group)
-    model = make_tiny_llama(seed)
-    quantize_model(model, spec, granularity=granularity, router_hidden=8, seed=seed)
-    make_router_spread(model, seed)
-    return save_artifact(
-        out,
-        model,
-        spec,
-        tau_table=[{"tau": 0.5, "avg_slices": 2.0, "avg_bits": 6.0}],
-        source={"model": "tiny-random-llama", "seed": seed},
-        tokenizer=tokenizer_dir,
+    return repo_conftest().make_tiny_artifact(
+        out, slices, group, granularity, seed, tokenizer_dir=tokenizer_dir
     )
 
 
