@@ -17,7 +17,7 @@ from mbq_onnx.model.artifact import load_artifact
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from conftest import make_router_spread, make_tiny_llama  # the factories behind the fixtures
+    from tiny_models import make_router_spread, make_tiny_llama  # the factories behind the fixtures
 
     def tiny_artifact(granularity: str):
         from mbq_onnx.model import quantize_model, save_artifact

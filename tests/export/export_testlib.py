@@ -3,7 +3,6 @@ model dir, as the runtime does), and a PyTorch reference runner (transformers' o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,21 +11,6 @@ import numpy as np
 
 #: Max |logits_ORT - logits_torch| for the tiny model (float32, |logits| ~ 3); seen ~2e-6.
 TINY_LOGITS_ATOL = 1e-4
-
-
-def repo_conftest():
-    """``tests/conftest.py`` as a module (its tiny-LLaMA makers), loaded by path under a unique name."""
-    import sys
-
-    name = "mbq_tests_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).resolve().parents[1] / "conftest.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
 
 
 def make_artifact(
@@ -38,7 +22,9 @@ def make_artifact(
     tokenizer_dir: Path | None = None,
 ) -> Path:
     """A tiny RTN artifact with spread random routers (the repo conftest's recipe, at a chosen path)."""
-    return repo_conftest().make_tiny_artifact(
+    from tiny_models import make_tiny_artifact
+
+    return make_tiny_artifact(
         out, slices, group, granularity, seed, tokenizer_dir=tokenizer_dir
     )
 

@@ -193,9 +193,9 @@ def test_cli_reference_then_matmul_nbits(tiny_art, tiny_export, tmp_path, capsys
 def test_hf_model_float_export(tmp_path, capsys):
     """--hf-model: an unquantized transformers folder → float32 KV-cache graph matching transformers."""
     import torch
-    from export_testlib import repo_conftest
+    from tiny_models import make_tiny_llama
 
-    model = repo_conftest().make_tiny_llama(seed=4, tie_word_embeddings=False)
+    model = make_tiny_llama(seed=4, tie_word_embeddings=False)
     model.save_pretrained(tmp_path / "hf")
     out = tmp_path / "float"
     assert export_main(["--hf-model", str(tmp_path / "hf"), "--output", str(out), "--quiet"]) == 0

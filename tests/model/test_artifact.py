@@ -26,7 +26,7 @@ IDS = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(1))
     [("linear", True, (4, 2, 2)), ("block", False, (4, 2, 2)), ("none", True, (2, 2, 2, 2))],
 )
 def test_round_trip_gives_identical_logits(tiny_llama, tmp_path: Path, granularity, tied, slices) -> None:
-    from conftest import make_router_spread
+    from tiny_models import make_router_spread
 
     spec = QuantSpec(slices, 16)
     model = tiny_llama(tie_word_embeddings=tied)

@@ -26,7 +26,7 @@ class _Routed(torch.nn.Module):
 
 @pytest.mark.parametrize("granularity", ["linear", "block"])
 def test_torch_export_keeps_routing_dynamic(tiny_llama, granularity: str) -> None:
-    from conftest import make_router_spread
+    from tiny_models import make_router_spread
 
     model = tiny_llama()
     ctx = quantize_model(model, QuantSpec((4, 2, 2), 16), granularity=granularity, router_hidden=8)

@@ -1,0 +1,77 @@
+"""Tiny seeded random models and artifacts for tests (imported as ``tiny_models``; the fixtures in
+``tests/conftest.py`` wrap these). A module of its own: importing ``conftest`` by name is ambiguous
+when several test folders have one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def make_tiny_llama(seed: int = 0, tie_word_embeddings: bool = True, **overrides):
+    """A 2-layer LlamaForCausalLM: hidden 72 (not a multiple of 16/32 → ragged groups), MLP 104,
+    6 heads / 2 KV heads (GQA), vocab 256, float32, eval mode, seeded."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(
+        vocab_size=256,
+        hidden_size=72,
+        intermediate_size=104,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie_word_embeddings,
+        rms_norm_eps=1e-5,
+    )
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).float().eval()
+    with torch.no_grad():  # HF init is tiny (std 0.02); widen so logits and routing actually vary
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0.0, 0.08)
+    return model
+
+
+def make_router_spread(model, seed: int = 0) -> None:
+    """Give every SliceRouter random weights with large logits so different tokens/τ pick different counts."""
+    import torch
+
+    from mbq_onnx.model.routing import SliceRouter
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SliceRouter):
+                m.fc1.weight.normal_(0, 1.0 / m.in_features**0.5 * 3, generator=g)
+                m.fc2.weight.normal_(0, 2.0, generator=g)
+                m.fc2.bias.normal_(0, 1.0, generator=g)
+
+
+def make_tiny_artifact(
+    out: Path,
+    slices=(4, 2, 2),
+    group: int = 16,
+    granularity: str = "linear",
+    seed: int = 0,
+    tie_word_embeddings: bool = True,
+    router_hidden: int = 8,
+    tokenizer_dir: Path | None = None,
+) -> Path:
+    """An artifact at ``out`` from the tiny LLaMA with RTN parameters and random (spread) routers."""
+    from mbq_onnx.model import quantize_model, save_artifact
+    from mbq_onnx.quant.spec import QuantSpec
+
+    spec = QuantSpec(tuple(slices), group)
+    model = make_tiny_llama(seed, tie_word_embeddings)
+    quantize_model(model, spec, granularity=granularity, router_hidden=router_hidden, seed=seed)
+    make_router_spread(model, seed)
+    return save_artifact(
+        out,
+        model,
+        spec,
+        tau_table=[{"tau": 0.5, "avg_slices": 2.0, "avg_bits": 6.0}],
+        source={"model": "tiny-random-llama", "seed": seed},
+        tokenizer=tokenizer_dir,
+    )
