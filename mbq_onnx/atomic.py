@@ -29,3 +29,25 @@ def replace_directory(output: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def replace_file(path: Path) -> Iterator[Path]:
+    """Yield a temp file path beside ``path`` (same suffix) to write; on success it is renamed onto ``path``
+    (mode 0644), on error removed and ``path`` left untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        yield tmp
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_file(path: Path, data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically (see :func:`replace_file`)."""
+    with replace_file(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)

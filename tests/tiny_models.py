@@ -6,32 +6,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: The tiny decoder shape shared by every family: hidden 72 (not a multiple of 16/32 → ragged groups),
+#: MLP 104, 6 heads / 2 KV heads (GQA), vocab 256, 2 layers.
+TINY_DECODER = dict(
+    vocab_size=256,
+    hidden_size=72,
+    intermediate_size=104,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+)
 
-def make_tiny_llama(seed: int = 0, tie_word_embeddings: bool = True, **overrides):
-    """A 2-layer LlamaForCausalLM: hidden 72 (not a multiple of 16/32 → ragged groups), MLP 104,
-    6 heads / 2 KV heads (GQA), vocab 256, float32, eval mode, seeded."""
+
+def make_tiny_decoder(family: str = "llama", seed: int = 0, tie_word_embeddings: bool = True, **overrides):
+    """A tiny seeded random causal LM of a transformers ``model_type`` (``llama``, ``mistral``, ``qwen2``…)
+    built from its config (:data:`TINY_DECODER` + ``overrides``), float32, eval mode."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    cfg = dict(
-        vocab_size=256,
-        hidden_size=72,
-        intermediate_size=104,
-        num_hidden_layers=2,
-        num_attention_heads=6,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=tie_word_embeddings,
-        rms_norm_eps=1e-5,
+    config = CONFIG_MAPPING[family](
+        **{**TINY_DECODER, "tie_word_embeddings": tie_word_embeddings, **overrides}
     )
-    cfg.update(overrides)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**cfg)).float().eval()
-    with torch.no_grad():  # HF init is tiny (std 0.02); widen so logits and routing actually vary
-        for p in model.parameters():
-            if p.ndim == 2:
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config).float().eval()
+    with torch.no_grad():  # HF init is tiny (std 0.02) and zero biases; widen so logits and routing vary
+        for name, p in model.named_parameters():
+            if p.ndim == 2 or name.endswith(".bias"):
                 p.normal_(0.0, 0.08)
     return model
+
+
+def make_tiny_llama(seed: int = 0, tie_word_embeddings: bool = True, **overrides):
+    """The tiny decoder (:func:`make_tiny_decoder`) as a LlamaForCausalLM."""
+    return make_tiny_decoder("llama", seed, tie_word_embeddings, **overrides)
 
 
 def make_router_spread(model, seed: int = 0) -> None:

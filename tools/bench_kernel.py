@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
 from mbq_onnx import ops_lib
+from mbq_onnx.atomic import replace_file, write_file
 from mbq_onnx.quant.packing import pack
 from mbq_onnx.quant.reference import mixed_bit_matmul
 from mbq_onnx.quant.spec import QuantSpec
@@ -443,17 +443,13 @@ def plot(report: dict, path: Path) -> None:
         f"MixedBitMatMul ({report.get('kernel', '?')} kernels) vs MatMulNBits vs fp32 MatMul (group 128)"
     )
     fig.tight_layout()
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
-        fig.savefig(tmp.name, dpi=110)
-    os.replace(tmp.name, path)
+    with replace_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
 def write_json(obj: dict, path: Path) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".json", delete=False) as tmp:
-        json.dump(obj, tmp, indent=1)
-        tmp.write("\n")
-    os.replace(tmp.name, path)
+    write_file(path, json.dumps(obj, indent=1) + "\n")
 
 
 def main() -> None:

@@ -13,13 +13,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from mbq_onnx.assets import cache_dir
+from mbq_onnx.atomic import replace_file, write_file
 from mbq_onnx.runtime import (
     BudgetController,
     FixedController,
@@ -50,8 +50,16 @@ def _run(cmd: list[str], what: str) -> None:
 def _export(artifact: Path, model_dir: Path) -> None:
     """Export the calibrated ``artifact`` to ``model_dir`` (replacing it) with the export CLI."""
     _run(
-        [sys.executable, "-m", "mbq_onnx.export", "--artifact", str(artifact), "--output", str(model_dir),
-         "--overwrite"],
+        [
+            sys.executable,
+            "-m",
+            "mbq_onnx.export",
+            "--artifact",
+            str(artifact),
+            "--output",
+            str(model_dir),
+            "--overwrite",
+        ],
         "export",
     )
 
@@ -94,15 +102,6 @@ def _pct_over(result: GenerationResult, budget: float | None) -> float | None:
     return 100.0 * sum(s.latency_ms > budget for s in result.steps) / len(result.steps)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def plot(runs: list[dict], path: Path, title: str) -> None:
     """Latency, τ and average bits per decode step, one line per run, budgets dashed."""
     import matplotlib
@@ -129,10 +128,8 @@ def plot(runs: list[dict], path: Path, title: str) -> None:
     axes[2].set_xlabel("decode step")
     fig.suptitle(title)
     fig.tight_layout()
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as f:
-        fig.savefig(f.name, dpi=110)
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, path)
+    with replace_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -198,7 +195,7 @@ def main() -> None:
         print(f"    {result.text!r}")
     _print_table(runs)
     report = {
-        "model_dir": str(model_dir),
+        "model_dir": model_dir.name,
         "threads": args.threads,
         "prompt": args.prompt,
         "max_new_tokens": args.max_new_tokens,
@@ -208,7 +205,7 @@ def main() -> None:
         "runs": runs,
     }
     out_json, out_png = args.reports / "demo.json", args.reports / "demo.png"
-    _write_atomic(out_json, (json.dumps(report, indent=1, allow_nan=False, default=str) + "\n").encode())
+    write_file(out_json, json.dumps(report, indent=1, allow_nan=False, default=str) + "\n")
     plot(
         runs,
         out_png,

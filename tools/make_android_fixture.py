@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from mbq_onnx.atomic import write_file
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,21 +80,24 @@ class _RecordingOrtSession:
         mask = feeds.get("attention_mask")
         positions = feeds.get("position_ids")
         counts = by_name.get("slice_counts")
-        self.calls.append({
-            "input_ids": [int(t) for t in ids[0]],
-            "past_length": int(past),
-            "attention_mask_length": None if mask is None else int(mask.shape[1]),
-            "position_ids": None if positions is None else [int(p) for p in positions[0]],
-            "tau": float(np.float32(feeds["tau"])),
-            "force_slices": int(feeds["force_slices"]),
-            "logits": [float(x) for x in by_name["logits"][0, -1, :].astype(np.float32)],
-            "slice_counts": [] if counts is None else [int(c) for c in counts[:, 0, -1]],
-        })
+        self.calls.append(
+            {
+                "input_ids": [int(t) for t in ids[0]],
+                "past_length": int(past),
+                "attention_mask_length": None if mask is None else int(mask.shape[1]),
+                "position_ids": None if positions is None else [int(p) for p in positions[0]],
+                "tau": float(np.float32(feeds["tau"])),
+                "force_slices": int(feeds["force_slices"]),
+                "logits": [float(x) for x in by_name["logits"][0, -1, :].astype(np.float32)],
+                "slice_counts": [] if counts is None else [int(c) for c in counts[:, 0, -1]],
+            }
+        )
         return outs
 
 
-def record_trace(session: Any, name: str, controller: Any, stop_token_ids: list[int],
-                 controller_json: dict[str, Any]) -> dict[str, Any]:
+def record_trace(
+    session: Any, name: str, controller: Any, stop_token_ids: list[int], controller_json: dict[str, Any]
+) -> dict[str, Any]:
     """Run ``generate`` greedily with recording hooks and return the trace dict."""
     from mbq_onnx.runtime import Sampling, generate
 
@@ -108,8 +113,14 @@ def record_trace(session: Any, name: str, controller: Any, stop_token_ids: list[
     session.session = recorder
     try:
         prompt_ids = session.tokenizer.encode(PROMPT).ids
-        result = generate(session, prompt_ids, controller, max_new_tokens=MAX_NEW_TOKENS,
-                          sampling=Sampling(), stop_token_ids=stop_token_ids)
+        result = generate(
+            session,
+            prompt_ids,
+            controller,
+            max_new_tokens=MAX_NEW_TOKENS,
+            sampling=Sampling(),
+            stop_token_ids=stop_token_ids,
+        )
     finally:
         session.session = recorder._inner
         controller.update = update
@@ -144,8 +155,12 @@ def record(model_dir: Path) -> dict[str, Any]:
     # times the ORT call only), hence the 1.25: the trace then moves τ instead of saturating at once.
     mid = (lm.tau_min + lm.tau_max) / 2
     target = 1.25 * lm.latency_at(mid) / (1.0 - params.headroom)
-    budget_json = {"mode": "budget", "target_ms": target, "map": lm.to_json(),
-                   "params": dataclasses.asdict(params)}
+    budget_json = {
+        "mode": "budget",
+        "target_ms": target,
+        "map": lm.to_json(),
+        "params": dataclasses.asdict(params),
+    }
     budget = record_trace(session, "budget", BudgetController(lm, target, params), [], budget_json)
 
     tau_json = {"mode": "tau", "tau": FIXED_TAU}
@@ -158,21 +173,18 @@ def record(model_dir: Path) -> dict[str, Any]:
         "version": VERSION,
         "source": "python-runtime",
         "generator": "tools/make_android_fixture.py",
-        "model": {"slice_bits": list(session.config.slice_bits), "num_layers": session.config.num_layers,
-                  "vocab_size": len(budget["calls"][0]["logits"])},
+        "model": {
+            "slice_bits": list(session.config.slice_bits),
+            "num_layers": session.config.num_layers,
+            "vocab_size": len(budget["calls"][0]["logits"]),
+        },
         "mbq_config": json.loads((model_dir / "mbq_config.json").read_text()),
         "traces": [budget, fixed],
     }
 
 
 def write_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_file(path, json.dumps(data, separators=(",", ":")) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.model_dir is not None:
         if not (args.model_dir / "mbq_config.json").is_file():
-            print(f"error: {args.model_dir} is not an exported model dir (no mbq_config.json)",
-                  file=sys.stderr)
+            print(
+                f"error: {args.model_dir} is not an exported model dir (no mbq_config.json)", file=sys.stderr
+            )
             return 1
         data = record(args.model_dir)
     else:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from mbq_onnx.atomic import replace_file
 
 SAMPLES = (
     "The capital of France is",
@@ -66,8 +66,11 @@ def build_models(tokenizer_json: Path, tokenizer_config: Path | None) -> tuple[o
     if tokenizer_config is not None and tokenizer_config.is_file():
         config = json.loads(tokenizer_config.read_text())
     config["tokenizer_class"] = "GPT2Tokenizer"  # extensions does not know transformers 5's TokenizersBackend
-    encoder = make_onnx_model(SingleOpGraph.build_graph(
-        "HfJsonTokenizer", tokenizer_vocab=text, tokenizer_config=json.dumps(config)))
+    encoder = make_onnx_model(
+        SingleOpGraph.build_graph(
+            "HfJsonTokenizer", tokenizer_vocab=text, tokenizer_config=json.dumps(config)
+        )
+    )
 
     vocab: dict[str, int] = dict(model["vocab"])
     added = {int(t["id"]): t["content"] for t in spec.get("added_tokens", [])}
@@ -77,19 +80,22 @@ def build_models(tokenizer_json: Path, tokenizer_config: Path | None) -> tuple[o
     for token, tid in vocab.items():
         id_to_token[tid] = token
     special = [int(t["id"]) for t in spec.get("added_tokens", []) if t.get("special")]
-    decoder = make_onnx_model(SingleOpGraph.build_graph(
-        "BpeDecoder",
-        id_vocab="\n".join(id_to_token),
-        byte_decoder="\n".join(f"{ord(ch)}\t{b}" for ch, b in _byte_decoder().items()),
-        added_tokens="\n".join(f"{tid}\t{content}" for tid, content in added.items()),
-        all_special_ids="\n".join(map(str, special)),
-        skip_special_tokens=1,
-    ))
+    decoder = make_onnx_model(
+        SingleOpGraph.build_graph(
+            "BpeDecoder",
+            id_vocab="\n".join(id_to_token),
+            byte_decoder="\n".join(f"{ord(ch)}\t{b}" for ch, b in _byte_decoder().items()),
+            added_tokens="\n".join(f"{tid}\t{content}" for tid, content in added.items()),
+            all_special_ids="\n".join(map(str, special)),
+            skip_special_tokens=1,
+        )
+    )
     return encoder, decoder
 
 
-def check_models(encoder: object, decoder: object, tokenizer_json: Path,
-                 samples: tuple[str, ...] = SAMPLES) -> None:
+def check_models(
+    encoder: object, decoder: object, tokenizer_json: Path, samples: tuple[str, ...] = SAMPLES
+) -> None:
     """Run both graphs in ONNX Runtime and compare with the ``tokenizers`` library."""
     import onnxruntime as ort
     from onnxruntime_extensions import get_library_path
@@ -105,7 +111,8 @@ def check_models(encoder: object, decoder: object, tokenizer_json: Path,
         got = enc.run(None, {"str": np.array([text])})[0][0].tolist()
         if got != want:
             raise TokenizerExportError(
-                f"tokenizer.onnx disagrees with tokenizers on {text!r}: {got} != {want}")
+                f"tokenizer.onnx disagrees with tokenizers on {text!r}: {got} != {want}"
+            )
         back = str(dec.run(None, {"ids": np.array(want, np.int64)})[0].reshape(-1)[0])
         if back != ref.decode(want, skip_special_tokens=True):
             raise TokenizerExportError(f"detokenizer.onnx disagrees with tokenizers on {text!r}: {back!r}")
@@ -114,11 +121,8 @@ def check_models(encoder: object, decoder: object, tokenizer_json: Path,
 def _save_atomic(model: object, path: Path) -> None:
     import onnx
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    onnx.save(model, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with replace_file(path) as tmp:
+        onnx.save(model, str(tmp))
 
 
 def make(model_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
@@ -138,8 +142,9 @@ def make(model_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", type=Path,
-                        help="folder with the model's tokenizer.json (an exported model dir)")
+    parser.add_argument(
+        "model_dir", type=Path, help="folder with the model's tokenizer.json (an exported model dir)"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: the model dir)")
     args = parser.parse_args(argv)
     try:

@@ -10,10 +10,9 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
+from mbq_onnx.atomic import write_file
 from mbq_onnx.runtime.controller import (
     BudgetController,
     ControllerParams,
@@ -193,12 +192,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "golden" / "controller_vectors.json")
     args = ap.parse_args()
     text = json.dumps(build(), indent=1, allow_nan=False) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, args.out)
+    write_file(args.out, text)
     print(f"wrote {args.out} ({len(text)} bytes)")
 
 

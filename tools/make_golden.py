@@ -30,10 +30,17 @@ def make_case(bits: tuple[int, ...], group: int, n: int, k: int, rng: np.random.
     counts = np.array([1 + r % spec.num_slices for r in range(rows)], dtype=np.int64)
     y = mixed_bit_matmul(a, counts, pack(codes, spec), scales, zeros, spec, n)
     return {
-        "slice_bits": list(bits), "group_size": group, "N": n, "K": k,
-        "codes": codes.tolist(), "scales": scales.tolist(), "zeros": zeros.tolist(),
+        "slice_bits": list(bits),
+        "group_size": group,
+        "N": n,
+        "K": k,
+        "codes": codes.tolist(),
+        "scales": scales.tolist(),
+        "zeros": zeros.tolist(),
         "packed_hex": pack(codes, spec).tobytes().hex(),
-        "A": a.tolist(), "slice_count": counts.tolist(), "Y": y.tolist(),
+        "A": a.tolist(),
+        "slice_count": counts.tolist(),
+        "Y": y.tolist(),
     }
 
 

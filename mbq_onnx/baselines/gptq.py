@@ -129,28 +129,37 @@ def _as_batches(samples: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Te
 @torch.no_grad()
 def _capture_first_block_inputs(
     model: nn.Module, batches: list[torch.Tensor]
-) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """Hidden states entering block 0 per sample, and its keyword arguments (shared per sequence length)."""
-    first = decoder_layers(model)[0]
+) -> tuple[list[torch.Tensor], list[list[dict[str, Any]]]]:
+    """Hidden states entering block 0 per sample, and per sample the keyword arguments of every block
+    (shared per sequence length; per block because a sliding-window layer gets its own mask)."""
+    layers = decoder_layers(model)
+    index = {id(layer): i for i, layer in enumerate(layers)}
     hidden: list[torch.Tensor] = []
-    kwargs_by_len: dict[int, dict[str, Any]] = {}
-    kwargs: list[dict[str, Any]] = []
+    kwargs_by_len: dict[int, list[dict[str, Any]]] = {}
+    current: list[list[dict[str, Any]]] = []
 
-    def hook(_module: nn.Module, args: tuple, kw: dict[str, Any]) -> None:
-        h = args[0] if args else kw.pop("hidden_states")
-        kw = {key: v for key, v in kw.items() if key not in ("hidden_states", "cache", "past_key_values")}
-        hidden.append(h.detach())
-        kwargs.append(kwargs_by_len.setdefault(h.shape[1], kw))
-        raise _StopForward
+    def hook(module: nn.Module, args: tuple, kw: dict[str, Any]) -> None:
+        i = index[id(module)]
+        if i == 0:
+            h = args[0] if args else kw["hidden_states"]
+            hidden.append(h.detach())
+            current.append(kwargs_by_len.setdefault(h.shape[1], []))
+        per_layer = current[-1]
+        if len(per_layer) == i:  # first sample of this length: record every layer's arguments
+            skip = ("hidden_states", "cache", "past_key_values")
+            per_layer.append({key: v for key, v in kw.items() if key not in skip})
+        if len(per_layer) == len(layers):
+            raise _StopForward
 
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
     try:
         for ids in batches:
             with contextlib.suppress(_StopForward):
                 model(input_ids=ids, use_cache=False)
     finally:
-        handle.remove()
-    return hidden, kwargs
+        for handle in handles:
+            handle.remove()
+    return hidden, current
 
 
 def _block_output(layer: nn.Module, h: torch.Tensor, kw: dict[str, Any]) -> torch.Tensor:
@@ -178,13 +187,15 @@ def gptq_quantize_model(
     hidden, kwargs = _capture_first_block_inputs(model, batches)
     all_linears = decoder_linears(model)
     layers = decoder_layers(model)
-    for layer in tqdm(layers, desc=f"GPTQ {spec.bits}-bit g{spec.group_size}", disable=not progress):
+    for li, layer in enumerate(
+        tqdm(layers, desc=f"GPTQ {spec.bits}-bit g{spec.group_size}", disable=not progress)
+    ):
         linears = {name: m for name, m in all_linears.items() if any(m is x for x in layer.modules())}
         stats = {name: _HessianStats(m.in_features) for name, m in linears.items()}
         handles = [m.register_forward_pre_hook(stats[name].hook) for name, m in linears.items()]
         try:
             for h, kw in zip(hidden, kwargs, strict=True):
-                _block_output(layer, h, kw)
+                _block_output(layer, h, kw[li])
         finally:
             for handle in handles:
                 handle.remove()
@@ -194,5 +205,5 @@ def gptq_quantize_model(
                     m.weight, stats.pop(name).hessian(), spec, damp=damp, act_order=act_order
                 )
             )
-        hidden = [_block_output(layer, h, kw) for h, kw in zip(hidden, kwargs, strict=True)]
+        hidden = [_block_output(layer, h, kw[li]) for h, kw in zip(hidden, kwargs, strict=True)]
     return model

@@ -35,9 +35,16 @@ __all__ = [
 ]
 
 
-def calibrate(model: nn.Module, tokenizer: Any, spec: QuantSpec, config: CalibConfig | None = None, *,
-              precisions: Sequence[int] | None = None, input_ids: Tensor | None = None,
-              progress: bool = True) -> CalibrationResult:
+def calibrate(
+    model: nn.Module,
+    tokenizer: Any,
+    spec: QuantSpec,
+    config: CalibConfig | None = None,
+    *,
+    precisions: Sequence[int] | None = None,
+    input_ids: Tensor | None = None,
+    progress: bool = True,
+) -> CalibrationResult:
     """Calibrate ``model`` for every slice count of ``spec`` (or only ``precisions``) at once.
 
     Calibration windows: ``input_ids [n, L]`` if given, else ``config.samples`` random
@@ -55,9 +62,15 @@ def calibrate(model: nn.Module, tokenizer: Any, spec: QuantSpec, config: CalibCo
     return calibrate_blocks(model, spec, input_ids, cfg, precisions=precisions, progress=progress)
 
 
-def write_artifact(path: str | os.PathLike[str], model: nn.Module, result: CalibrationResult, *,
-                   tokenizer: Any = None, source: Mapping[str, Any] | None = None,
-                   overwrite: bool = False) -> Path:
+def write_artifact(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    result: CalibrationResult,
+    *,
+    tokenizer: Any = None,
+    source: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Store ``result`` (with ``model``'s float embeddings/norms and config) as an artifact, atomically.
 
     ``model`` (the float model that was calibrated) is copied, not modified.
@@ -66,8 +79,22 @@ def write_artifact(path: str | os.PathLike[str], model: nn.Module, result: Calib
 
     quantized = copy.deepcopy(model)
     routers = {name: copy.deepcopy(r) for name, r in result.routers.items()}
-    quantize_model(quantized, result.spec, granularity=result.granularity, params=result.params,
-                   routers=routers, router_hidden=result.router_hidden)
-    return save_artifact(path, quantized, result.spec, granularity=result.granularity,
-                         tau_table=result.tau_table, source=dict(source or {}), tokenizer=tokenizer,
-                         report=result.report, overwrite=overwrite)
+    quantize_model(
+        quantized,
+        result.spec,
+        granularity=result.granularity,
+        params=result.params,
+        routers=routers,
+        router_hidden=result.router_hidden,
+    )
+    return save_artifact(
+        path,
+        quantized,
+        result.spec,
+        granularity=result.granularity,
+        tau_table=result.tau_table,
+        source=dict(source or {}),
+        tokenizer=tokenizer,
+        report=result.report,
+        overwrite=overwrite,
+    )

@@ -18,8 +18,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m mbq_onnx.calibrate",
         description="Single calibration for all precisions (LWC + token routers) → artifact directory.",
     )
-    p.add_argument("--model", default=None,
-                   help="local Hugging Face causal-LM folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="local Hugging Face causal-LM folder (default: the embedded SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--output", required=True, help="artifact directory (an existing artifact is replaced)")
     p.add_argument("--slices", default="4,2,2", help="slice bit widths, base first (default 4,2,2)")
     p.add_argument("--group", type=int, default=128, help="group size along K, a power of two >= 16")
@@ -74,8 +77,14 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"--precisions {args.precisions}: slice counts must lie within 1..{spec.num_slices}")
     try:
         cfg = PRESETS[args.preset].with_overrides(
-            samples=args.samples, seqlen=args.seqlen, epochs=args.epochs, base_epochs=args.base_epochs,
-            batch_size=args.batch_size, router=args.router, seed=args.seed)
+            samples=args.samples,
+            seqlen=args.seqlen,
+            epochs=args.epochs,
+            base_epochs=args.base_epochs,
+            batch_size=args.batch_size,
+            router=args.router,
+            seed=args.seed,
+        )
     except ValueError as e:
         return _fail(str(e))
     out = Path(args.output)
@@ -98,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     except (AssetError, ValueError) as e:
         return _fail(str(e), 1)
     result.report["seconds_wall"] = round(time.perf_counter() - t0, 3)
-    source = {"model": str(model_dir) if args.model else "embedded:SmolLM2-135M-Instruct",
-              "preset": args.preset, "seed": cfg.seed, "precisions": precisions}
+    source = {
+        "model": str(model_dir) if args.model else "embedded:SmolLM2-135M-Instruct",
+        "preset": args.preset,
+        "seed": cfg.seed,
+        "precisions": precisions,
+    }
     path = write_artifact(out, model, result, tokenizer=tokenizer, source=source, overwrite=True)
     table = ", ".join(f"τ={r['tau']:.2f}→{r['avg_bits']:.2f}b" for r in result.tau_table[::6])
     print(f"wrote {path} in {time.perf_counter() - t0:.0f} s" + (f" ({table})" if table else ""))

@@ -73,31 +73,36 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, input_ids: Tensor
-                         ) -> tuple[Tensor, dict[str, Any]]:
-    """Hidden states entering the first block ``[n, L, H]`` and the block's keyword arguments
-    (rotary embeddings, mask, positions; captured at batch size 1, they broadcast over a batch)."""
+def capture_block_inputs(
+    model: nn.Module, blocks: nn.ModuleList, input_ids: Tensor
+) -> tuple[Tensor, list[dict[str, Any]]]:
+    """Hidden states entering the first block ``[n, L, H]`` and each block's keyword arguments (rotary
+    embeddings, mask, positions; captured at batch size 1, they broadcast over a batch). The arguments
+    are taken per block from the model's own forward of the first window, because they may differ
+    between layers (a sliding-window layer gets its own mask, e.g. Qwen2 with ``layer_types``)."""
     states: list[Tensor] = []
-    kwargs_seen: dict[str, Any] = {}
+    per_block: list[dict[str, Any]] = []
+    index = {id(b): i for i, b in enumerate(blocks)}
+    drop = ("hidden_states", "cache", "past_key_values", "past_key_value")
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        states.append(hidden.detach().float())
-        kwargs_seen.clear()
-        kwargs_seen.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
-        raise _Stop
+        i = index[id(module)]
+        if i == 0:
+            states.append((args[0] if args else kwargs["hidden_states"]).detach().float())
+        if len(per_block) == i:  # first window: record every block's own arguments
+            per_block.append({k: v for k, v in kwargs.items() if k not in drop} | {"use_cache": False})
+        if len(per_block) == len(blocks):
+            raise _Stop
 
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [b.register_forward_pre_hook(hook, with_kwargs=True) for b in blocks]
     try:
         for row in input_ids:
             with contextlib.suppress(_Stop):
                 model(input_ids=row[None], use_cache=False)
     finally:
-        handle.remove()
-    for key in ("cache", "past_key_values", "past_key_value"):
-        kwargs_seen.pop(key, None)
-    kwargs_seen["use_cache"] = False
-    return torch.cat(states), kwargs_seen
+        for h in handles:
+            h.remove()
+    return torch.cat(states), per_block
 
 
 def _run(block: nn.Module, x: Tensor, kw: dict[str, Any]) -> Tensor:
@@ -144,15 +149,25 @@ class _CountStats:
     def table(self) -> list[dict[str, float]]:
         if not self.tokens:
             return []
-        return [{"tau": round(t, 4), "avg_slices": s / self.tokens, "avg_bits": b / self.tokens}
-                for t, s, b in zip(self.tau.tolist(), self.slices.tolist(), self.bits.tolist(), strict=True)]
+        return [
+            {"tau": round(t, 4), "avg_slices": s / self.tokens, "avg_bits": b / self.tokens}
+            for t, s, b in zip(self.tau.tolist(), self.slices.tolist(), self.bits.tolist(), strict=True)
+        ]
 
 
 class _BlockCalibrator:
     """Trains one block's clipping logits and routers, then packs it."""
 
-    def __init__(self, block: nn.Module, block_name: str, spec: QuantSpec, cfg: CalibConfig,
-                 precisions: list[int], train_routers: bool, kw: dict[str, Any]):
+    def __init__(
+        self,
+        block: nn.Module,
+        block_name: str,
+        spec: QuantSpec,
+        cfg: CalibConfig,
+        precisions: list[int],
+        train_routers: bool,
+        kw: dict[str, Any],
+    ):
         self.block, self.block_name, self.spec, self.cfg = block, block_name, spec, cfg
         self.precisions, self.kw = precisions, kw
         self.train_routers = train_routers
@@ -206,11 +221,14 @@ class _BlockCalibrator:
             out[k] = _mse(self.block, inputs[k], target, self.kw, self.cfg.batch_size)
         return out
 
-    def train(self, inputs: dict[int, Tensor], target: Tensor, rtn: dict[int, float],
-              generator: torch.Generator) -> dict[str, list[float]]:
+    def train(
+        self, inputs: dict[int, Tensor], target: Tensor, rtn: dict[int, float], generator: torch.Generator
+    ) -> dict[str, list[float]]:
         cfg, spec = self.cfg, self.spec
-        weights = {k: (1.0 / max(rtn[k], 1e-30) if cfg.loss_weighting == "relative" else 1.0)
-                   for k in self.precisions}
+        weights = {
+            k: (1.0 / max(rtn[k], 1e-30) if cfg.loss_weighting == "relative" else 1.0)
+            for k in self.precisions
+        }
         norm = sum(weights.values())
         base_ref = 1.0 / max(rtn[min(self.precisions)], 1e-30)
         n = target.shape[0]
@@ -256,16 +274,18 @@ class _BlockCalibrator:
         return history
 
     @torch.no_grad()
-    def guard(self, inputs: dict[int, Tensor], target: Tensor, rtn: dict[int, float],
-              final: dict[int, float]) -> tuple[dict[int, float], float]:
+    def guard(
+        self, inputs: dict[int, Tensor], target: Tensor, rtn: dict[int, float], final: dict[int, float]
+    ) -> tuple[dict[int, float], float]:
         """Pull the clipping back toward RTN (factor 1) until no precision's MSE exceeds its RTN MSE.
 
         Returns the losses and the kept fraction α of the learned clipping (1 = as trained, 0 = RTN).
         """
         if all(final[k] <= rtn[k] for k in self.precisions):
             return final, 1.0
-        learned = {n: (w.clip_lo.detach().clone(), w.clip_hi.detach().clone())
-                   for n, w in self.wrapped.items()}
+        learned = {
+            n: (w.clip_lo.detach().clone(), w.clip_hi.detach().clone()) for n, w in self.wrapped.items()
+        }
         for alpha in (0.75, 0.5, 0.25, 0.0):
             for n, w in self.wrapped.items():
                 lo, hi = learned[n]
@@ -316,9 +336,15 @@ class _BlockCalibrator:
             _set_submodule(self.block, name, linear)
 
 
-def calibrate_blocks(model: nn.Module, spec: QuantSpec, input_ids: Tensor,
-                     config: CalibConfig | None = None, *, precisions: Sequence[int] | None = None,
-                     progress: bool = True) -> CalibrationResult:
+def calibrate_blocks(
+    model: nn.Module,
+    spec: QuantSpec,
+    input_ids: Tensor,
+    config: CalibConfig | None = None,
+    *,
+    precisions: Sequence[int] | None = None,
+    progress: bool = True,
+) -> CalibrationResult:
     """Calibrate every decoder linear of ``model`` for all slice counts of ``spec`` at once.
 
     ``input_ids``: calibration token windows ``[n, L]`` (see :func:`mbq_onnx.assets.calibration_samples`).
@@ -340,7 +366,7 @@ def calibrate_blocks(model: nn.Module, spec: QuantSpec, input_ids: Tensor,
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    fp_in, kw = capture_block_inputs(model, blocks, input_ids)
+    fp_in, block_kwargs = capture_block_inputs(model, blocks, input_ids)
     streams = {k: fp_in for k in precs}
     stats = _CountStats(cfg.tau_grid, spec) if train_routers else None
     params: dict[str, tuple[Tensor, Tensor]] = {}
@@ -351,6 +377,7 @@ def calibrate_blocks(model: nn.Module, spec: QuantSpec, input_ids: Tensor,
         tb = time.perf_counter()
         block = blocks[i]
         block_name = f"{blocks_name}.{i}"
+        kw = block_kwargs[i]
         requires = [p.requires_grad for p in block.parameters()]
         for p in block.parameters():
             p.requires_grad_(False)
@@ -372,14 +399,16 @@ def calibrate_blocks(model: nn.Module, spec: QuantSpec, input_ids: Tensor,
         params.update(got_params)
         routers.update(got_routers)
         fp_in = fp_out
-        block_reports.append({
-            "block": block_name,
-            "rtn_mse": {str(k): v for k, v in rtn.items()},
-            "calibrated_mse": {str(k): v for k, v in final.items()},
-            "train_loss": history,
-            "guard_alpha": alpha,
-            "seconds": round(time.perf_counter() - tb, 3),
-        })
+        block_reports.append(
+            {
+                "block": block_name,
+                "rtn_mse": {str(k): v for k, v in rtn.items()},
+                "calibrated_mse": {str(k): v for k, v in final.items()},
+                "train_loss": history,
+                "guard_alpha": alpha,
+                "seconds": round(time.perf_counter() - tb, 3),
+            }
+        )
         bar.set_postfix({f"{spec.bits_at(k)}b": f"{final[k] / max(rtn[k], 1e-30):.2f}" for k in precs})
     model.train(was_training)
 
@@ -393,8 +422,9 @@ def calibrate_blocks(model: nn.Module, spec: QuantSpec, input_ids: Tensor,
         "tau_table": tau_table,
         "seconds_total": round(time.perf_counter() - t0, 3),
     }
-    return CalibrationResult(spec, params, routers, cfg.router if train_routers else "none",
-                             cfg.router_hidden, tau_table, report)
+    return CalibrationResult(
+        spec, params, routers, cfg.router if train_routers else "none", cfg.router_hidden, tau_table, report
+    )
 
 
 @torch.no_grad()

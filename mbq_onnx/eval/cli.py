@@ -10,6 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .ort_rows import DEFAULT_TOLERANCE
+from .speed import DEFAULT_DECODE_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPEATS
+
 TEXT_ALIASES = {
     "sotu": "sotu-2000+",
     "sotu-2000+": "sotu-2000+",
@@ -17,7 +20,16 @@ TEXT_ALIASES = {
     "moby-dick": "moby-dick",
 }
 BASELINES = ("rtn", "gptq", "single")
-QUICK = {"window": 256, "max_tokens": 512, "calib_samples": 4, "calib_seqlen": 128, "num_taus": 3}
+QUICK = {
+    "window": 256,
+    "max_tokens": 512,
+    "calib_samples": 4,
+    "calib_seqlen": 128,
+    "num_taus": 3,
+    "prompt_tokens": 32,
+    "decode_tokens": 8,
+    "repeats": 1,
+}
 DEFAULT_GPTQ_SAMPLES = (32, 512)
 DEFAULT_NUM_TAUS = 6
 
@@ -104,7 +116,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="reuse rows (by label) of an existing OUTPUT/quality.json made with the same model, texts "
         "and window settings; new rows are appended",
     )
-    p.add_argument("--no-plot", action="store_true", help="skip quality.png")
+    ort = p.add_argument_group(
+        "ONNX Runtime",
+        "Exports float32, ORT MatMulNBits and MoBiQuant models (reused from --exports when their source is "
+        "unchanged), scores them through ONNX Runtime (ORT vs PyTorch perplexity must agree within "
+        "--ort-tolerance) and measures prefill/decode tokens/s.",
+    )
+    ort.add_argument(
+        "--no-ort", action="store_true", help="PyTorch only: no ORT exports, perplexity or speed"
+    )
+    ort.add_argument("--no-speed", action="store_true", help="ORT perplexity but no speed measurement")
+    ort.add_argument(
+        "--threads", default="1,2", help="ORT intra-op thread counts for speed (default %(default)s)"
+    )
+    ort.add_argument(
+        "--exports", type=Path, help="directory for the exported models (default: <cache dir>/exports)"
+    )
+    ort.add_argument(
+        "--ort-tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="largest relative ORT vs PyTorch perplexity gap accepted (default %(default)g)",
+    )
+    ort.add_argument(
+        "--nbits", default="4,8", help="MatMulNBits baseline bit widths, or 'none' (default %(default)s)"
+    )
+    ort.add_argument(
+        "--nbits-block",
+        type=int,
+        help="MatMulNBits block size (default: the artifact's group size, for a like-for-like comparison; "
+        "else 32)",
+    )
+    ort.add_argument(
+        "--prompt-tokens",
+        type=int,
+        help=f"speed: prefill length (default {DEFAULT_PROMPT_TOKENS}; --quick 32)",
+    )
+    ort.add_argument(
+        "--decode-tokens", type=int, help=f"speed: decode steps (default {DEFAULT_DECODE_TOKENS}; --quick 8)"
+    )
+    ort.add_argument(
+        "--speed-repeats", type=int, help=f"speed: runs per setting (default {DEFAULT_REPEATS}; --quick 1)"
+    )
+    p.add_argument("--no-plot", action="store_true", help="skip quality.png and pareto.png")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
 
@@ -157,7 +211,57 @@ def _previous_rows(output: Path, settings: dict[str, Any], texts: list[str]) -> 
     if not same:
         print(f"--resume: {path} was made with other settings; starting afresh", file=sys.stderr)
         return {}
-    return {r["label"]: r for r in old.get("rows", [])}
+    rows = {r["label"]: r for r in old.get("rows", [])}
+    if old.get("settings", {}).get("ort") != settings.get("ort"):  # ORT numbers of other settings: redo
+        rows = {k: r for k, r in rows.items() if r.get("backend") != "ort"}
+        for r in rows.values():
+            r.pop("ort", None)
+            r.pop("speed", None)
+    return rows
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when inside it, else its name (no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return Path(path).name
+
+
+def _ort_settings(args: argparse.Namespace, group_size: int) -> Any:
+    from mbq_onnx.assets import cache_dir
+
+    from .ort_rows import OrtSettings
+
+    def pick(value: int | None, key: str, default: int) -> int:
+        v = value if value is not None else (QUICK[key] if args.quick else default)
+        if v < 1:
+            raise UsageError(f"--{key.replace('_', '-')} {v} must be >= 1")
+        return v
+
+    threads = _int_list(args.threads, "--threads")
+    if any(t < 1 for t in threads):
+        raise UsageError(f"--threads {args.threads}: thread counts must be >= 1")
+    nbits = [] if args.nbits.strip().lower() == "none" else _int_list(args.nbits, "--nbits")
+    if any(b not in (2, 4, 8) for b in nbits):
+        raise UsageError(f"--nbits {args.nbits}: MatMulNBits supports 2, 4 and 8 bits")
+    block = args.nbits_block or group_size
+    if block < 16 or block & (block - 1):
+        raise UsageError(f"--nbits-block {block} must be a power of two >= 16")
+    if not 0 < args.ort_tolerance < 1:
+        raise UsageError(f"--ort-tolerance {args.ort_tolerance} must lie in (0, 1)")
+    return OrtSettings(
+        exports=args.exports or cache_dir() / "exports",
+        threads=tuple(sorted(set(threads))),
+        speed=not args.no_speed,
+        tolerance=args.ort_tolerance,
+        nbits=tuple(nbits),
+        nbits_block=block,
+        prompt_tokens=pick(args.prompt_tokens, "prompt_tokens", DEFAULT_PROMPT_TOKENS),
+        decode_tokens=pick(args.decode_tokens, "decode_tokens", DEFAULT_DECODE_TOKENS),
+        repeats=pick(args.speed_repeats, "repeats", DEFAULT_REPEATS),
+        progress=not args.no_progress,
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -214,6 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model_path = Path(src)
     model_dir = assets.resolve_model(model_path)
     progress = not args.no_progress
+    ort_settings = None if args.no_ort else _ort_settings(args, spec.group_size if spec else 32)
 
     import torch
     from transformers import AutoTokenizer
@@ -228,9 +333,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return assets.load_model(model_dir)[0]
 
     settings = {
-        "model": str(model_dir),
+        "model": _shown(model_dir),
         "model_name": model_dir.name,
-        "artifact": str(args.artifact) if artifact else None,
+        "artifact": _shown(args.artifact) if artifact else None,
         "slice_bits": list(spec.slice_bits) if spec else None,
         "group_size": spec.group_size if spec else groups[0],
         "window": window,
@@ -242,17 +347,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m mbq_onnx.eval " + " ".join(getattr(args, "argv", [])),
         "torch_threads": torch.get_num_threads(),
     }
+    if ort_settings is not None:
+        settings["ort"] = ort_settings.as_dict()
     report = new_report(settings, texts)
     previous = _previous_rows(args.output, settings, texts) if args.resume else {}
     started = time.time()
 
     def add(row: dict[str, Any]) -> None:
         row["seconds"] = round(time.time() - started, 1)
-        report["rows"] = [r for r in report["rows"] if r["label"] != row["label"]] + [row]
+        labels = [r["label"] for r in report["rows"]]
+        if row["label"] in labels:  # ORT numbers attached to an existing row: keep its place
+            report["rows"][labels.index(row["label"])] = row
+        else:
+            report["rows"].append(row)
         write_report(report, args.output, plot=False)
         short = ", ".join(
             f"{t}: {r['ppl']:.3f} @ {r['avg_bits']:.2f} bits" for t, r in row["results"].items()
         )
+        if "ort" in row and "agreement" in row["ort"]:
+            short += f"; ORT gap {max(row['ort']['agreement'].values()):.1e}"
+        for t, sp in (row.get("speed") or {}).items():
+            short += f"; {t}T decode {sp['decode_tok_s']:.1f} tok/s prefill {sp['prefill_tok_s']:.0f} tok/s"
         print(f"{row['label']}: {short}", file=sys.stderr)
 
     report["rows"].extend(previous.values())
@@ -311,6 +426,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             maybe(
                 V.label("mbq-tau", tau=tau), lambda tau=tau: V.eval_mbq_tau(setup, artifact, tau, model=mbq)
             )
+    if ort_settings is not None:
+        _ort_stage(report, setup, ort_settings, model_dir, artifact, ids[texts[0]], add, maybe)
     report["settings"]["seconds"] = round(time.time() - started, 1)
     paths = write_report(report, args.output, plot=not args.no_plot)
     problems = check_report(report)
@@ -318,6 +435,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("report problems:\n  " + "\n  ".join(problems), file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     return report
+
+
+def _ort_stage(
+    report: dict[str, Any],
+    setup: Any,
+    ort_settings: Any,
+    model_dir: Path,
+    artifact: Any,
+    speed_ids: Any,
+    add: Callable[[dict[str, Any]], None],
+    maybe: Callable[[str, Callable[[], dict[str, Any]]], None],
+) -> None:
+    """Attach ORT perplexity, agreement and speed to the float and MoBiQuant rows that lack them, and add the
+    MatMulNBits rows."""
+    from . import variants as V
+    from .ort_rows import OrtModel, add_ort, eval_matmul_nbits, prepare_exports, speed_tokens_needed
+
+    if ort_settings.speed and speed_ids.size < speed_tokens_needed(ort_settings):
+        raise UsageError(
+            f"the speed runs need {speed_tokens_needed(ort_settings)} held-out tokens, the text has "
+            f"{speed_ids.size}: lower --prompt-tokens/--decode-tokens"
+        )
+    ort_settings.speed_ids = speed_ids
+    print("ORT: preparing exports", file=sys.stderr)
+    dirs = prepare_exports(model_dir, artifact.path if artifact is not None else None, ort_settings)
+    mixed = None
+    if artifact is not None:
+        mbq_model, ctx = V.load_mobiquant(artifact)
+        weights = V.routed_weights(mbq_model, ctx, artifact.spec) if artifact.granularity != "none" else None
+        mixed = OrtModel(dirs["mixed-bit"], weights)
+    models = {"float": OrtModel(dirs["float32"])}
+    for row in list(report["rows"]):
+        if "ort" in row:
+            continue
+        if row["method"] == "float":
+            add(add_ort(row, setup, models["float"], ort_settings))
+        elif row["method"] == "mbq-uniform" and mixed is not None:
+            add(add_ort(row, setup, mixed, ort_settings, force=row["slices"]))
+        elif row["method"] == "mbq-tau" and mixed is not None:
+            add(add_ort(row, setup, mixed, ort_settings, tau=row["tau"]))
+    for bits in ort_settings.nbits:
+        maybe(
+            V.label("matmul-nbits", bits=bits, group_size=ort_settings.nbits_block),
+            lambda bits=bits: eval_matmul_nbits(
+                setup, OrtModel(dirs[f"int{bits}"]), bits, ort_settings.nbits_block, ort_settings
+            ),
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,18 @@
-"""Quality report: ``quality.json`` + ``quality.md`` (table) + ``quality.png`` (perplexity vs average bits).
+"""Quality report: ``quality.json`` + ``quality.md`` (table) + ``quality.png`` (perplexity vs average bits)
++ ``pareto.png`` (perplexity vs ORT decode tok/s, when speeds were measured).
 
 A report is a dict ``{"format": "mbq-quality", "settings": {...}, "texts": [...], "rows": [row, ...]}``;
 each row is one evaluated model::
 
-    {"method": "float"|"rtn"|"gptq"|"single"|"mbq-uniform"|"mbq-tau", "label": str,
+    {"method": "float"|"rtn"|"gptq"|"single"|"mbq-uniform"|"mbq-tau"|"matmul-nbits", "label": str,
      "bits": nominal bits or None (τ rows), "group_size": int|None, "slices": int|None, "tau": float|None,
-     "model_bytes": int, "results": {text: {"ppl", "avg_bits", "nll", "tokens", "windows", "window"}}}
+     "model_bytes": int, "results": {text: {"ppl", "avg_bits", "nll", "tokens", "windows", "window"}},
+     # rows that ran in ONNX Runtime (float32, MoBiQuant, MatMulNBits):
+     "ort": {"model_dir": str, "file_bytes": int, "results": {...},
+             "agreement": {text: |ppl_ort / ppl_torch - 1|}},
+     "speed": {"<threads>": {"prefill_tok_s", "decode_tok_s", "decode_ms", "decode_avg_bits", ...}}}
+
+``results`` come from PyTorch, except for ``matmul-nbits`` rows (ORT only, ``"backend": "ort"``).
 """
 
 from __future__ import annotations
@@ -13,14 +20,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..atomic import replace_file, write_file
+
 REPORT_FORMAT = "mbq-quality"
-METHODS = ("float", "rtn", "gptq", "single", "mbq-uniform", "mbq-tau")
+METHODS = ("float", "rtn", "gptq", "single", "mbq-uniform", "mbq-tau", "matmul-nbits")
 FLOAT_BITS = 32.0
 
 
@@ -32,19 +40,6 @@ def new_report(settings: dict[str, Any], texts: list[str]) -> dict[str, Any]:
         "texts": list(texts),
         "rows": [],
     }
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_report(report: dict[str, Any]) -> list[str]:
@@ -77,6 +72,7 @@ def check_report(report: dict[str, Any]) -> list[str]:
                 problems.append(f"{label} / {text}: avg_bits {bits!r} out of (0, 32]")
             elif row.get("bits") is not None and abs(bits - row["bits"]) > 1e-9:
                 problems.append(f"{label} / {text}: avg_bits {bits} differs from fixed bits {row['bits']}")
+        problems += _check_ort(row, texts, report.get("settings", {}).get("ort", {}))
     # Bytes grow with bits within one family (same method, group size and artifact); float is the largest.
     families: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
@@ -97,10 +93,47 @@ def check_report(report: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _check_ort(row: dict[str, Any], texts: list[str], ort_settings: dict[str, Any]) -> list[str]:
+    """ORT perplexities finite and within the stated tolerance of PyTorch; speeds finite and positive."""
+    problems, label = [], row.get("label", "?")
+    ort = row.get("ort") or {}
+    tolerance = ort_settings.get("tolerance")
+    for text, gap in (ort.get("agreement") or {}).items():
+        if not (isinstance(gap, (int, float)) and math.isfinite(gap)):
+            problems.append(f"{label} / {text}: ORT vs PyTorch gap {gap!r} is not finite")
+        elif tolerance is not None and gap > tolerance:
+            problems.append(
+                f"{label} / {text}: ORT perplexity differs from PyTorch by {100 * gap:.3f} % "
+                f"(tolerance {100 * tolerance:.3f} %)"
+            )
+    if ort.get("results") is not None and set(ort["results"]) != set(texts):
+        problems.append(f"{label}: ORT results for {sorted(ort['results'])}, texts are {texts}")
+    for threads, sp in (row.get("speed") or {}).items():
+        for key in ("prefill_tok_s", "decode_tok_s"):
+            v = sp.get(key)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                problems.append(f"{label} @ {threads} threads: {key} {v!r} is not a positive number")
+    return problems
+
+
+def _speed_cell(row: dict[str, Any], threads: list[str], key: str) -> str:
+    sp = row.get("speed") or {}
+    vals = [sp[t][key] for t in threads if t in sp]
+    return " / ".join(f"{v:.1f}" if v < 100 else f"{v:.0f}" for v in vals) if vals else "–"
+
+
+def speed_threads(report: dict[str, Any]) -> list[str]:
+    """Thread counts (as strings, ascending) that any row measured speed at."""
+    return sorted({t for r in report["rows"] for t in (r.get("speed") or {})}, key=int)
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """The report as a markdown table: one line per row, perplexity and average bits per text."""
     texts = report["texts"]
-    head = ["model", "avg bits", "model MB", *[f"ppl {t}" for t in texts]]
+    threads = speed_threads(report)
+    t_head = " / ".join(f"{t}T" for t in threads)
+    speed_head = [f"decode tok/s ({t_head})", f"prefill tok/s ({t_head})"] if threads else []
+    head = ["model", "avg bits", "model MB", *[f"ppl {t}" for t in texts], *speed_head]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     float_rows = [r for r in report["rows"] if r["method"] == "float"]
     float_ppl = {t: r["ppl"] for t, r in (float_rows[0]["results"] if float_rows else {}).items()}
@@ -118,8 +151,9 @@ def markdown_table(report: dict[str, Any]) -> str:
                 ppls.append(f"{p:.2f} ({100 * (p / float_ppl[t] - 1):+.1f} %)")
             else:
                 ppls.append(f"{p:.2f}")
+        speed = [_speed_cell(row, threads, k) for k in ("decode_tok_s", "prefill_tok_s")] if threads else []
         lines.append(
-            "| " + " | ".join([row["label"], bits_s, f"{row['model_bytes'] / 1e6:.1f}", *ppls]) + " |"
+            "| " + " | ".join([row["label"], bits_s, f"{row['model_bytes'] / 1e6:.1f}", *ppls, *speed]) + " |"
         )
     first = report["rows"][0]["results"] if report["rows"] else {}
     sizes = ", ".join(f"{t}: {r['windows']} × {r['window']} tokens" for t, r in first.items())
@@ -127,13 +161,67 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"\nHeld-out perplexity on the first non-overlapping windows of each text ({sizes}), no BOS; "
         "relative change vs float32 in parentheses. Average bits: per weight of the decoder linears "
         "(τ rows: weighted by the weights each token reads). Model MB: decoder linears at their precision "
-        "(codes + float32 scale + uint8 zero per group), everything else float32.\n"
+        "(codes + float32 scale + uint8 zero per group), everything else float32; MatMulNBits rows: the "
+        "ONNX file. Perplexity is PyTorch's except for ORT MatMulNBits rows.\n"
     )
-    return "\n".join(lines) + "\n" + note
+    if threads:
+        ort = report["settings"].get("ort", {})
+        note += (
+            f"\nSpeed: ONNX Runtime CPU, {ort.get('prompt_tokens')}-token prefill and "
+            f"{ort.get('decode_tokens')} decode steps (teacher-forced held-out text), median of "
+            f"{ort.get('repeats')} runs, at {t_head.replace('T', ' thread(s)')}.\n"
+        )
+    return "\n".join(lines) + "\n" + note + agreement_table(report)
 
 
-def plot_report(report: dict[str, Any], path: Path) -> None:
-    """Perplexity vs average bits, a panel per text: float line, baseline points, uniform counts, τ curve."""
+def agreement_table(report: dict[str, Any]) -> str:
+    """Markdown: ORT perplexity next to PyTorch's for every row that ran in both (empty if none)."""
+    texts = report["texts"]
+    rows = [r for r in report["rows"] if (r.get("ort") or {}).get("agreement")]
+    if not rows:
+        return ""
+    tol = report["settings"].get("ort", {}).get("tolerance")
+    head = ["model", *[f"{t}: PyTorch / ORT" for t in texts], "max relative gap"]
+    lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            f"{r['results'][t]['ppl']:.4f} / {r['ort']['results'][t]['ppl']:.4f}"
+            if t in r["ort"]["results"]
+            else "–"
+            for t in texts
+        ]
+        gap = max(r["ort"]["agreement"].values())
+        lines.append("| " + " | ".join([r["label"], *cells, f"{gap:.1e}"]) + " |")
+    tol_s = f" (tolerance {100 * tol:.2f} %)" if tol is not None else ""
+    return "\n".join(lines) + f"\n\nORT vs PyTorch perplexity on the same windows{tol_s}.\n"
+
+
+STYLES = {
+    "rtn": ("o", "tab:gray"),
+    "gptq": ("s", "tab:orange"),
+    "single": ("^", "tab:green"),
+    "mbq-uniform": ("D", "tab:blue"),
+    "mbq-tau": (".", "tab:red"),
+    "matmul-nbits": ("v", "tab:purple"),
+}
+NAMES = {
+    "rtn": "RTN",
+    "gptq": "GPTQ",
+    "single": "same-method single precision",
+    "mbq-uniform": "MoBiQuant, uniform slices",
+    "mbq-tau": "MoBiQuant, τ sweep",
+    "matmul-nbits": "ORT MatMulNBits",
+}
+
+
+def _plot_panels(
+    report: dict[str, Any],
+    path: Path,
+    x_of: Callable[[dict[str, Any], str], float | None],
+    xlabel: str,
+    float_as_line: bool,
+) -> None:
+    """Perplexity (log) against ``x_of(row, text)``, a panel per text; rows with no x are skipped."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,36 +230,25 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
 
     texts = report["texts"]
     fig, axes = plt.subplots(1, len(texts), figsize=(6.5 * len(texts), 4.8), squeeze=False)
-    styles = {
-        "rtn": ("o", "tab:gray"),
-        "gptq": ("s", "tab:orange"),
-        "single": ("^", "tab:green"),
-        "mbq-uniform": ("D", "tab:blue"),
-        "mbq-tau": (".", "tab:red"),
-    }
-    names = {
-        "rtn": "RTN",
-        "gptq": "GPTQ",
-        "single": "same-method single precision",
-        "mbq-uniform": "MoBiQuant, uniform slices",
-        "mbq-tau": "MoBiQuant, τ sweep",
-    }
     for ax, text in zip(axes[0], texts, strict=True):
         groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
         for row in report["rows"]:
-            res = row["results"].get(text)
-            if res is None:
+            res, x = row["results"].get(text), x_of(row, text)
+            if res is None or x is None:
                 continue
             if row["method"] == "float":
-                ax.axhline(res["ppl"], color="black", ls="--", lw=1, label=f"float32 ({res['ppl']:.2f})")
+                if float_as_line:
+                    ax.axhline(res["ppl"], color="black", ls="--", lw=1, label=f"float32 ({res['ppl']:.2f})")
+                else:
+                    ax.plot([x], [res["ppl"]], "k*", ms=10, label="float32")
                 continue
-            groups[(row["method"], row.get("group_size"))].append((res["avg_bits"], res["ppl"]))
+            groups[(row["method"], row.get("group_size"))].append((x, res["ppl"]))
         for (method, gs), pts in sorted(
             groups.items(), key=lambda kv: (METHODS.index(kv[0][0]), kv[0][1] or 0)
         ):
             pts.sort()
-            marker, color = styles[method]
-            label = names[method] + (f" g{gs}" if gs and method in ("rtn", "gptq") else "")
+            marker, color = STYLES[method]
+            label = NAMES[method] + (f" g{gs}" if gs and method in ("rtn", "gptq", "matmul-nbits") else "")
             connect = method in ("mbq-uniform", "mbq-tau")
             alpha = 0.55 if gs and gs != report["settings"].get("group_size") else 1.0
             ax.plot(
@@ -185,26 +262,50 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
         ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.0f"))
-        ax.set_xlabel("average bits per weight (decoder linears)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("perplexity")
         ax.set_title(f"{report['settings'].get('model_name', 'model')} — {text}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with replace_file(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    """Perplexity vs average bits, a panel per text: float line, baseline points, uniform counts, τ curve."""
+    _plot_panels(
+        report,
+        path,
+        lambda row, text: row["results"][text]["avg_bits"] if text in row["results"] else None,
+        "average bits per weight (decoder linears)",
+        float_as_line=True,
+    )
+
+
+def plot_pareto(report: dict[str, Any], path: Path) -> None:
+    """Perplexity vs ORT decode tok/s at the largest measured thread count (the speed/quality Pareto plot)."""
+    threads = speed_threads(report)[-1]
+
+    def x(row: dict[str, Any], _text: str) -> float | None:
+        sp = (row.get("speed") or {}).get(threads)
+        return sp["decode_tok_s"] if sp else None
+
+    _plot_panels(report, path, x, f"decode tokens/s (ONNX Runtime, {threads} threads)", float_as_line=False)
 
 
 def write_report(report: dict[str, Any], output: Path, plot: bool = True) -> dict[str, Path]:
-    """Write ``quality.json`` and ``quality.md`` (and ``quality.png``) into ``output``, each atomically."""
+    """Write ``quality.json`` and ``quality.md`` (and, with ``plot``, ``quality.png`` and — when speeds were
+    measured — ``pareto.png``) into ``output``, each atomically."""
     output = Path(output)
-    paths = {"json": output / "quality.json", "md": output / "quality.md", "png": output / "quality.png"}
-    _atomic_write(paths["json"], (json.dumps(report, indent=2) + "\n").encode())
-    _atomic_write(paths["md"], markdown_table(report).encode())
+    paths = {"json": output / "quality.json", "md": output / "quality.md"}
+    write_file(paths["json"], json.dumps(report, indent=2) + "\n")
+    write_file(paths["md"], markdown_table(report))
     if plot:
+        paths["png"] = output / "quality.png"
         plot_report(report, paths["png"])
-    else:
-        paths.pop("png")
+        if speed_threads(report):
+            paths["pareto"] = output / "pareto.png"
+            plot_pareto(report, paths["pareto"])
     return paths

@@ -92,6 +92,8 @@ def label(
         return f"MoBiQuant {slices} slice{'s' if slices != 1 else ''} ({bits}-bit)"
     if method == "mbq-tau":
         return f"MoBiQuant τ={tau:g}"
+    if method == "matmul-nbits":
+        return f"ORT MatMulNBits int{bits} b{group_size}"
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -253,6 +255,22 @@ class AvgBitsMeter:
         self.ctx.reset_records()
 
 
+def routed_weights(model: nn.Module, ctx: RoutingContext, spec: QuantSpec) -> list[int]:
+    """Weights each routed call reads, in the order of the exported ``slice_counts`` rows (one forward over
+    two tokens with recording on)."""
+    meter = AvgBitsMeter(model, ctx, spec)
+    old_tau, old_force = ctx.tau, ctx.force_slices
+    ctx.tau, ctx.force_slices = 0.5, None
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.zeros((1, 2), dtype=torch.long), use_cache=False)
+        weights = list(meter._weights)
+    finally:
+        ctx.tau, ctx.force_slices = old_tau, old_force
+        meter.close()
+    return weights
+
+
 def load_mobiquant(artifact: Artifact) -> tuple[nn.Module, RoutingContext]:
     """The artifact's PyTorch model with dense per-slice weights cached (fast eager evaluation)."""
     return build_model(artifact, cache_weights=True)
@@ -288,7 +306,7 @@ def eval_mbq_uniform(
         slices=n_slices,
         model_bytes=artifact_bytes(artifact, n_slices),
         results=results,
-        artifact=str(artifact.path),
+        artifact=artifact.path.name,
     )
 
 
@@ -324,7 +342,7 @@ def eval_mbq_tau(
         tau=float(tau),
         model_bytes=artifact_bytes(artifact, artifact.spec.num_slices),
         results=results,
-        artifact=str(artifact.path),
+        artifact=artifact.path.name,
     )
 
 

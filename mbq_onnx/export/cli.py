@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="with --reference: slices to dequantize (1 = base precision; default: all slices)",
     )
+    p.add_argument(
+        "--accuracy-level",
+        type=int,
+        default=0,
+        metavar="{0,4}",
+        help="accuracy_level of every MixedBitMatMul node: 0 (default) float activations, 4 int8 "
+        "activations (faster, ~1e-2 relative error per linear; see custom_ops/README.md)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -97,8 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         if args.hf_model:
-            if args.reference or args.reference_slices is not None:
-                raise ExportError("--reference/--reference-slices apply to --artifact exports only")
+            if args.reference or args.reference_slices is not None or args.accuracy_level:
+                raise ExportError(
+                    "--reference/--reference-slices/--accuracy-level apply to --artifact exports only"
+                )
             out = export_float_model(args.hf_model, args.output, **common)
         else:
             out = export_artifact(
@@ -106,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.output,
                 reference=args.reference,
                 reference_slices=args.reference_slices,
+                accuracy_level=args.accuracy_level,
                 **common,
             )
     except (ArtifactError, ExportError, ValueError, FileNotFoundError) as e:

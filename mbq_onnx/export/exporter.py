@@ -152,14 +152,26 @@ def export_artifact(
     reference_slices: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    accuracy_level: int = 0,
 ) -> Path:
     """Export a calibrated artifact directory to ``output`` (see module docstring). Returns ``output``.
+
+    ``accuracy_level`` (0 or 4) is written on every MixedBitMatMul node: 4 lets rows use int8
+    activations (``custom_ops/README.md``).
 
     Raises :class:`~mbq_onnx.model.ArtifactError` for a missing/corrupt artifact or weights that do
     not match its config, :class:`ExportError` for an unsupported architecture or bad options.
     """
     from ..model import build_model, load_artifact
-    from .translation import translation_table
+    from .translation import ACCURACY_LEVELS, translation_table
+
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise ExportError(
+            f"--accuracy-level {accuracy_level!r}: expected one of {', '.join(map(str, ACCURACY_LEVELS))} "
+            f"(0 = float activations, 4 = int8 activations)"
+        )
+    if accuracy_level and reference:
+        raise ExportError("--accuracy-level applies to mixed-bit exports, not --reference graphs")
 
     output = Path(output)
     stages = ["load artifact", "trace + export ONNX", "tokenizer, config, op library"] + (
@@ -192,7 +204,7 @@ def export_artifact(
                 with_past=with_past,
                 mixed_bit=not reference,
                 opset=opset,
-                translation_table=None if reference else translation_table(),
+                translation_table=None if reference else translation_table(accuracy_level),
             )
             bar.update()
             bar.set_postfix_str(stages[2])
@@ -207,6 +219,7 @@ def export_artifact(
                     "num_slices": spec.num_slices,
                     "bits_at_slices": list(spec.cum_bits),
                     "router": {"granularity": art.granularity, "hidden": art.router_hidden},
+                    "accuracy_level": None if reference else accuracy_level,
                     "tau_range": list(TAU_RANGE),
                     "tau_table": art.tau_table,
                     "source": {"artifact": art.path.name, **art.source},

@@ -1,7 +1,8 @@
 """Trace a causal LM (mixed-bit or float) into an ONNX graph with optimum-style I/O names.
 
 One function, :func:`export_graph`: wrap the model in
-:class:`~mbq_onnx.export.wrapper.CausalLMWithTensorCache`, run ``torch.onnx.export(dynamo=True)``
+:class:`~mbq_onnx.export.wrapper.CausalLMWithTensorCache`, group its routers
+(:func:`~mbq_onnx.export.routers.grouped_routers`), run ``torch.onnx.export(dynamo=True)``
 with dynamic batch/sequence/past axes, give the axes optimum's names, then check the result with
 ``onnx.checker`` (full) and strict shape inference.
 """
@@ -22,6 +23,7 @@ import onnx_ir.passes.common as common_passes
 import onnxscript.optimizer
 import torch
 
+from .routers import grouped_routers
 from .schema import DOMAIN, register_schema
 from .wrapper import CausalLMWithTensorCache
 
@@ -148,8 +150,12 @@ def _tied_head_as_gemm(model: onnx.ModelProto) -> None:
     for node in graph.node:
         src = producers.get(node.input[1]) if node.op_type == "MatMul" else None
         perm = [list(a.ints) for a in src.attribute if a.name == "perm"] if src is not None else []
-        if (src is None or src.op_type != "Transpose" or src.input[0] not in inits
-                or perm not in ([], [[1, 0]])):
+        if (
+            src is None
+            or src.op_type != "Transpose"
+            or src.input[0] not in inits
+            or perm not in ([], [[1, 0]])
+        ):
             new_nodes.append(node)
             continue
         weight = inits[src.input[0]]
@@ -249,8 +255,9 @@ def export_graph(
     io_names = graph_io(config.num_hidden_layers, with_past, mixed_bit)
     saved_attn = config._attn_implementation
     config._attn_implementation = "eager"  # plain MatMul/Softmax attention: exports to standard ops
+    routers = grouped_routers(model, ctx) if ctx is not None else contextlib.nullcontext()
     try:
-        with torch.no_grad(), _quiet():
+        with torch.no_grad(), routers, _quiet():
             program = torch.onnx.export(
                 wrapper,
                 args,

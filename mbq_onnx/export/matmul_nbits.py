@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 from collections.abc import Sequence
@@ -39,7 +40,11 @@ def quantize_matmul_nbits(
     """Write ``output`` = ``src`` with its constant-weight MatMuls quantized to ``bits`` (2/4/8) in blocks of
     ``block_size`` along K (asymmetric unless ``symmetric``). Copies the tokenizer files and records the
     settings in ``mbq_config.json`` (``kind: "matmul_nbits"``)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    root.handlers[:], root.level = handlers, level  # its import calls logging.basicConfig(level=INFO)
 
     src, output = Path(src), Path(output)
     if not (src / MODEL_FILE).is_file():

@@ -45,8 +45,9 @@ def convert_to_ort(model: Path, custom_op_library: Path | None = None) -> Path:
     written[0].replace(target)
     for cfg in model.parent.glob(f"{model.stem}.required_operators*.config"):
         # the converter writes the (temporary) absolute path of the .ort file in a comment: keep the name only
-        lines = [f"# - {target.name}" if line.startswith("# - ") else line
-                 for line in cfg.read_text().splitlines()]
+        lines = [
+            f"# - {target.name}" if line.startswith("# - ") else line for line in cfg.read_text().splitlines()
+        ]
         (model.parent / f"{model.stem}.required_operators.config").write_text("\n".join(lines) + "\n")
         if cfg.name != f"{model.stem}.required_operators.config":
             cfg.unlink()

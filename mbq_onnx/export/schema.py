@@ -37,7 +37,7 @@ def _infer(ctx) -> None:
 
 def build_schema() -> defs.OpSchema:
     """The ``MixedBitMatMul`` v1 schema: inputs A, slice_count, packed, scales, zeros; attributes K, N,
-    group_size, slice_bits."""
+    group_size, slice_bits (+ optional accuracy_level)."""
     schema = defs.OpSchema(
         OP_NAME,
         DOMAIN,
@@ -58,6 +58,7 @@ def build_schema() -> defs.OpSchema:
             _A("N", _T.INT, "out_features"),
             _A("group_size", _T.INT, "group size along K (power of two >= 16)"),
             _A("slice_bits", _T.INTS, "slice bit widths, base slice first"),
+            _A("accuracy_level", _T.INT, "0 (default): float; 4: int8 activations", required=False),
         ],
     )
     schema.set_type_and_shape_inference_function(_infer)

@@ -1,16 +1,22 @@
-"""onnxscript translation of ``torch.ops.mbq.mixed_bit_matmul`` into one ``com.mbq::MixedBitMatMul`` node."""
+"""onnxscript translations: ``torch.ops.mbq.mixed_bit_matmul`` into one ``com.mbq::MixedBitMatMul`` node, the
+export-time ``torch.ops.mbq.router_counts`` (``routers.py``) into its standard-op subgraph."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import onnx
 import onnxscript
 
 from .schema import DOMAIN, OP_VERSION, register_schema
 
 mbq = onnxscript.values.Opset(DOMAIN, OP_VERSION)
 op = onnxscript.opset18
+
+
+#: ``accuracy_level`` values of MixedBitMatMul (custom_ops/README.md): 0 float, 4 int8 activations.
+ACCURACY_LEVELS = (0, 4)
 
 
 def mixed_bit_matmul(
@@ -23,8 +29,11 @@ def mixed_bit_matmul(
     N: int,
     group_size: int,
     slice_bits: Sequence[int],
+    accuracy_level: int = 0,
 ) -> Any:
-    """A plain function on purpose: ``@onnxscript.script`` without a return annotation breaks the inliner."""
+    """A plain function on purpose: ``@onnxscript.script`` without a return annotation breaks the inliner.
+    ``accuracy_level`` 0 (the op's default) is not written."""
+    extra = {"accuracy_level": accuracy_level} if accuracy_level else {}
     return mbq.MixedBitMatMul(
         x,
         slice_count,
@@ -35,11 +44,33 @@ def mixed_bit_matmul(
         N=N,
         group_size=group_size,
         slice_bits=[int(b) for b in slice_bits],
+        **extra,
     )
 
 
+def router_counts(
+    x: Any, thresholds: Any, w1: Any, b1: Any, w2: Any, b2: Any, pad: float, members: int
+) -> Any:
+    """``mbq::router_counts`` (see ``routers.py``) as standard ops: Pad, LpNormalization, MatMul, Add,
+    Sigmoid, Mul, MatMul, Add, [Reshape,] Greater, Cast, ArgMin."""
+    xp = op.Pad(
+        x,
+        op.Constant(value_ints=[0, 1]),
+        op.Constant(value_float=float(pad)),
+        op.Constant(value_ints=[-1]),
+    )
+    pre = op.Add(op.MatMul(op.LpNormalization(xp, axis=-1, p=2), w1), b1)
+    logits = op.Add(op.MatMul(op.Mul(pre, op.Sigmoid(pre)), w2), b2)
+    if members > 1:
+        keep = [0] * (len(x.shape) - 1)  # Reshape's 0 copies the dimension
+        logits = op.Reshape(logits, op.Constant(value_ints=[*keep, int(members), -1]))
+    on = op.Cast(op.Greater(logits, thresholds), to=onnx.TensorProto.UINT8)
+    return op.ArgMin(on, axis=-1, keepdims=0, select_last_index=0)
+
+
 def prims_prod(x: Any, dims: Sequence[int] | None = None, output_dtype: Any = None) -> Any:
-    """``prims.prod`` (what ``torch.cumprod`` decomposes into, e.g. in the routers) as ``ReduceProd``."""
+    """``prims.prod`` (what ``torch.cumprod`` decomposes into) as ``ReduceProd``; the exported routers no
+    longer use it (``routers.py``), kept for model code that does."""
     if output_dtype is not None:
         raise NotImplementedError("prims.prod with output_dtype is not supported by the mbq exporter")
     if dims is None:
@@ -47,14 +78,36 @@ def prims_prod(x: Any, dims: Sequence[int] | None = None, output_dtype: Any = No
     return op.ReduceProd(x, op.Constant(value_ints=[int(d) for d in dims]), keepdims=0)
 
 
-def translation_table() -> dict[Any, Any]:
-    """``custom_translation_table`` for ``torch.onnx.export``; registers the ONNX schema as a side effect."""
+def translation_table(accuracy_level: int = 0) -> dict[Any, Any]:
+    """``custom_translation_table`` for ``torch.onnx.export``; registers the ONNX schema as a side effect.
+    ``accuracy_level`` goes on every MixedBitMatMul node."""
     import torch
 
     import mbq_onnx.model.ops  # noqa: F401  (defines torch.ops.mbq.mixed_bit_matmul)
 
+    from . import routers  # noqa: F401  (defines torch.ops.mbq.router_counts)
+
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise ValueError(f"accuracy_level {accuracy_level!r}: expected one of {ACCURACY_LEVELS}")
     register_schema()
+
+    def mixed_bit_matmul_at_level(
+        x: Any,
+        slice_count: Any,
+        packed: Any,
+        scales: Any,
+        zeros: Any,
+        K: int,
+        N: int,
+        group_size: int,
+        slice_bits: Sequence[int],
+    ) -> Any:
+        return mixed_bit_matmul(
+            x, slice_count, packed, scales, zeros, K, N, group_size, slice_bits, accuracy_level
+        )
+
     return {
-        torch.ops.mbq.mixed_bit_matmul.default: mixed_bit_matmul,
+        torch.ops.mbq.mixed_bit_matmul.default: mixed_bit_matmul_at_level,
+        torch.ops.mbq.router_counts.default: router_counts,
         torch.ops.prims.prod.default: prims_prod,
     }

@@ -5,6 +5,10 @@ takes the past keys/values as explicit tensors, runs the model's own embedding, 
 decoder layers, norm and head, and returns the concatenated keys/values as explicit outputs.
 Its inputs and outputs follow optimum's ``text-generation-with-past`` convention, plus the
 mixed-bit controls ``tau`` and ``force_slices`` and the per-token ``slice_counts`` output.
+
+Families: LLaMA, Mistral and Qwen2 decoders share the layer call and the cache ``update``; they
+differ in q/k/v biases (inside the layers) and in sliding-window attention, which the wrapper's own
+mask reproduces per layer (:func:`attention_windows`).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-SUPPORTED_MODEL_TYPES = ("llama",)
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 class TensorKVCache:
-    """The one method LLaMA attention calls on a cache: ``update`` appends and returns the full K/V."""
+    """The one method the attention of these decoders calls on a cache: ``update`` appends and returns the
+    full K/V (all past tokens; a sliding window is applied by the mask, not by trimming the cache)."""
 
     def __init__(self, past: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
         self.past = past
@@ -35,15 +40,39 @@ class TensorKVCache:
         return key, value
 
 
-def causal_padding_mask(attention_mask: torch.Tensor, query_len: int, dtype: torch.dtype) -> torch.Tensor:
+def causal_padding_mask(
+    attention_mask: torch.Tensor, query_len: int, dtype: torch.dtype, window: int | None = None
+) -> torch.Tensor:
     """Additive mask ``[b, 1, q, past+q]``: 0 where query i (at absolute position past+i) may attend key j
-    (j <= past+i and ``attention_mask[b, j] == 1``), the dtype's minimum elsewhere."""
+    (j <= past+i, ``attention_mask[b, j] == 1`` and, with a sliding ``window``, j > past+i-window, as in
+    transformers' ``sliding_window_overlay``), the dtype's minimum elsewhere."""
     total = attention_mask.shape[-1]
     key_pos = torch.arange(total, device=attention_mask.device)
     query_pos = torch.arange(query_len, device=attention_mask.device) + (total - query_len)
-    allowed = (key_pos[None, :] <= query_pos[:, None])[None, None] & attention_mask[:, None, None, :].bool()
+    visible = key_pos[None, :] <= query_pos[:, None]
+    if window is not None:
+        visible = visible & (key_pos[None, :] > query_pos[:, None] - window)
+    allowed = visible[None, None] & attention_mask[:, None, None, :].bool()
     zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+def attention_windows(model: nn.Module) -> list[int | None]:
+    """Per decoder layer, the sliding-window length of its attention, ``None`` for full causal attention.
+
+    Follows the modeling code: an attention module with a ``sliding_window`` attribute (Qwen2: set from
+    ``config.layer_types``, ``None`` on full-attention layers) decides for its layer; otherwise
+    ``config.sliding_window`` applies to every layer (Mistral; absent or ``None`` for LLaMA).
+    """
+    config = model.config
+    default = getattr(config, "sliding_window", None)
+    windows = []
+    for i, layer in enumerate(model.model.layers[: config.num_hidden_layers]):
+        window = getattr(getattr(layer, "self_attn", None), "sliding_window", default)
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise ValueError(f"layer {i}: sliding window {window!r} is not a positive number of tokens")
+        windows.append(window)
+    return windows
 
 
 class CausalLMWithTensorCache(nn.Module):
@@ -71,6 +100,7 @@ class CausalLMWithTensorCache(nn.Module):
         if mixed_bit and ctx is None:
             raise ValueError("a mixed-bit export needs the model's RoutingContext")
         self.num_layers = model.config.num_hidden_layers
+        self.windows = attention_windows(model)
 
     def forward(
         self,
@@ -109,12 +139,15 @@ class CausalLMWithTensorCache(nn.Module):
     ) -> torch.Tensor:
         decoder = self.model.model
         hidden = decoder.embed_tokens(input_ids)
-        mask = causal_padding_mask(attention_mask, input_ids.shape[1], hidden.dtype)
+        masks = {
+            w: causal_padding_mask(attention_mask, input_ids.shape[1], hidden.dtype, w)
+            for w in dict.fromkeys(self.windows)
+        }
         position_embeddings = decoder.rotary_emb(hidden, position_ids=position_ids)
-        for layer in decoder.layers[: self.num_layers]:
+        for layer, window in zip(decoder.layers[: self.num_layers], self.windows, strict=True):
             hidden = layer(
                 hidden,
-                attention_mask=mask,
+                attention_mask=masks[window],
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
                 cache=cache,

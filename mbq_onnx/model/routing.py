@@ -93,8 +93,10 @@ def slice_counts(logits: Tensor, tau: float | Tensor) -> Tensor:
     # ``sigmoid(l) > tau`` as ``l > logit(tau)``: exact at tau = 0 (-inf: all slices) and tau = 1
     # (+inf: base only), where a float sigmoid that underflows to 0 would disagree between runtimes.
     tau_t = torch.as_tensor(tau, dtype=torch.float32, device=logits.device)
-    on = (logits.float() > torch.log(tau_t) - torch.log(1 - tau_t)).to(torch.int64)
-    return 1 + torch.cumprod(on, dim=-1).sum(-1)
+    on = (logits.float() > torch.log(tau_t) - torch.log(1 - tau_t)).to(torch.uint8)
+    # 1 + the index of the first residual slice that is off (an off slice appended: all on → S). argmin
+    # returns the first minimal index (torch and ONNX ArgMin alike): fewer ops than cumprod + sum.
+    return 1 + nn.functional.pad(on, (0, 1)).argmin(-1)
 
 
 def apply_force(counts: Tensor, force: int | Tensor | None, num_slices: int) -> Tensor:

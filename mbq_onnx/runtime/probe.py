@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from ..atomic import write_file
 from .controller import LatencyMap, MapPoint
 from .session import CONFIG_NAME, MbqSession
 
@@ -129,10 +128,5 @@ def load_or_probe(
         "onnxruntime": ort.__version__,
         "points": lm.to_json(),
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=1)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_file(path, json.dumps(record, indent=1))
     return lm, False

@@ -96,9 +96,9 @@ def find_ops_library(model_dir: Path, file_name: str) -> Path:
 
 @dataclass
 class StepOutput:
-    """One forward call: last-position logits, the new KV cache, slice counts and its wall time."""
+    """One forward call: logits, the new KV cache, slice counts and its wall time."""
 
-    logits: np.ndarray  # float32 [b, vocab] at the last position
+    logits: np.ndarray  # float32 [b, vocab] at the last position ([b, s, vocab] with all_positions)
     present: list[np.ndarray]  # key0, value0, key1, value1, ...
     slice_counts: np.ndarray  # int64 [num_routed, b, s]
     latency_ms: float
@@ -184,8 +184,10 @@ class MbqSession:
         tau: float = 0.0,
         force_slices: int = 0,
         attention_mask: np.ndarray | None = None,
+        all_positions: bool = False,
     ) -> StepOutput:
-        """One forward call over ``input_ids`` [b, s] continuing ``past``."""
+        """One forward call over ``input_ids`` [b, s] continuing ``past`` (``all_positions``: keep the
+        logits of every position, e.g. for perplexity, instead of only the last one)."""
         b, s = input_ids.shape
         past_len = past[0].shape[2]
         if attention_mask is None:
@@ -208,7 +210,7 @@ class MbqSession:
         latency_ms = (time.perf_counter() - t0) * 1e3
         by_name = dict(zip(self._output_names, outs, strict=True))
         return StepOutput(
-            logits=by_name["logits"][:, -1, :],
+            logits=by_name["logits"] if all_positions else by_name["logits"][:, -1, :],
             present=[by_name[n] for n in self._present_names],
             slice_counts=by_name.get("slice_counts", np.zeros((0,), np.int64)),
             latency_ms=latency_ms,

@@ -24,6 +24,7 @@ FLAGS = (
     "--opset",
     "--reference",
     "--reference-slices",
+    "--accuracy-level",
     "--overwrite",
     "--quiet",
 )
@@ -118,6 +119,18 @@ def test_bad_options(tiny_art, tmp_path, capsys):
     )
     _fails(
         capsys, ["--artifact", str(tiny_art), "--output", out, "--reference-slices", "2"], "needs --reference"
+    )
+    _fails(
+        capsys,
+        ["--artifact", str(tiny_art), "--output", out, "--accuracy-level", "3"],
+        "--accuracy-level 3",
+        "0, 4",
+    )
+    _fails(
+        capsys,
+        ["--artifact", str(tiny_art), "--output", out, "--reference", "--accuracy-level", "4"],
+        "--accuracy-level",
+        "--reference",
     )
     with pytest.raises(SystemExit):
         export_main(["--output", out])  # neither --artifact nor --hf-model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from mbq_onnx.model.routing import (
@@ -20,6 +22,15 @@ def test_slice_counts_are_cumulative() -> None:
     assert slice_counts(logits, 0.99).tolist() == [1, 1, 1, 1]
     assert slice_counts(logits, 0.01).tolist() == [3, 3, 3, 3]
     assert slice_counts(logits, torch.tensor(0.5)).dtype == torch.int64
+
+
+def test_slice_counts_equal_the_cumulative_product_definition() -> None:
+    """Every on/off pattern, S = 1..5: the first-off index (argmin) is ``1 + Σ_j Π_{i≤j} on_i``."""
+    for num_slices in range(1, 6):
+        patterns = list(itertools.product([-1.0, 1.0], repeat=num_slices - 1))
+        logits = torch.tensor(patterns).reshape(len(patterns), num_slices - 1)
+        on = (logits > 0).to(torch.int64)
+        assert torch.equal(slice_counts(logits, 0.5), 1 + torch.cumprod(on, -1).sum(-1)), num_slices
 
 
 def test_tau_bounds_are_exact_even_for_extreme_logits() -> None:

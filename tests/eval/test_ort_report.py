@@ -1,0 +1,169 @@
+"""The one report command with its ONNX Runtime part, on a tiny random LLaMA with the real tokenizer:
+real exports (float32, ORT MatMulNBits, mixed-bit), real ORT sessions, ORT vs PyTorch agreement, speeds."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mbq_onnx.eval import check_report
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """(float model folder, artifact) of a 2-layer random LLaMA with SmolLM2's 49152-token vocabulary."""
+    from tiny_models import make_router_spread, make_tiny_llama
+
+    from mbq_onnx import assets
+    from mbq_onnx.export.exporter import copy_tokenizer_files
+    from mbq_onnx.model import quantize_model, save_artifact
+    from mbq_onnx.quant.spec import QuantSpec
+
+    tokenizer_dir = assets.embedded_model_dir()
+    root = tmp_path_factory.mktemp("ort-report")
+    model_dir = root / "tiny-llama"
+    model = make_tiny_llama(0, vocab_size=49152)
+    model.save_pretrained(model_dir)
+    copy_tokenizer_files(tokenizer_dir, model_dir)
+    spec = QuantSpec((4, 2, 2), 16)
+    quantize_model(model, spec, granularity="linear", router_hidden=8, seed=0)
+    make_router_spread(model, 0)
+    artifact = save_artifact(
+        root / "tiny-art",
+        model,
+        spec,
+        tau_table=[{"tau": 0.5, "avg_slices": 2.0, "avg_bits": 6.0}],
+        source={"model": model_dir.name},
+        tokenizer=tokenizer_dir,
+    )
+    return model_dir, artifact, root
+
+
+def _run(tiny_pair, out, *extra):
+    from mbq_onnx.eval.cli import main
+
+    model_dir, artifact, root = tiny_pair
+    argv = [
+        "--artifact", str(artifact), "--model", str(model_dir), "--quick", "--baselines", "rtn",
+        "--bits", "4,8", "--taus", "0.3,0.7", "--exports", str(root / "exports"), "--output", str(out),
+        "--no-progress", *extra,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    return json.loads((out / "quality.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def report(tiny_pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    return _run(tiny_pair, out), out
+
+
+def test_report_files_and_no_problems(report):
+    rep, out = report
+    for name in ("quality.json", "quality.md", "quality.png", "pareto.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert check_report(rep) == []
+    md = (out / "quality.md").read_text()
+    assert "decode tok/s (1T / 2T)" in md and "PyTorch / ORT" in md
+
+
+def test_every_ort_row_has_agreement_and_speed(report):
+    rep, _ = report
+    tol = rep["settings"]["ort"]["tolerance"]
+    by_method = {}
+    for row in rep["rows"]:
+        by_method.setdefault(row["method"], []).append(row)
+        if row["method"] in ("rtn",):
+            assert "speed" not in row  # a fake-quantized PyTorch model: no ORT graph
+            continue
+        assert set(row["speed"]) == {"1", "2"}
+        for sp in row["speed"].values():
+            assert math.isfinite(sp["decode_tok_s"]) and sp["decode_tok_s"] > 0
+            assert math.isfinite(sp["prefill_tok_s"]) and sp["prefill_tok_s"] > 0
+        if row["method"] != "matmul-nbits":
+            assert set(row["ort"]["agreement"]) == set(rep["texts"])
+            assert max(row["ort"]["agreement"].values()) <= tol
+    assert len(by_method["mbq-uniform"]) == 3 and len(by_method["mbq-tau"]) == 2
+    assert [r["bits"] for r in by_method["matmul-nbits"]] == [4, 8]
+
+
+def test_forced_rows_decode_at_their_bits_and_tau_rows_inside_the_range(report):
+    rep, _ = report
+    for row in rep["rows"]:
+        if row["method"] == "mbq-uniform":
+            for sp in row["speed"].values():
+                assert sp["decode_avg_bits"] == pytest.approx(row["bits"])
+        if row["method"] == "mbq-tau":
+            for text, res in row["ort"]["results"].items():
+                assert 4.0 <= res["avg_bits"] <= 8.0
+                assert res["avg_bits"] == pytest.approx(row["results"][text]["avg_bits"], abs=0.05)
+    taus = sorted((r for r in rep["rows"] if r["method"] == "mbq-tau"), key=lambda r: r["tau"])
+    bits = [np.mean([res["avg_bits"] for res in r["ort"]["results"].values()]) for r in taus]
+    assert bits[0] > bits[1]  # higher τ → fewer slices, in ORT as in PyTorch
+
+
+def test_more_bits_never_cost_fewer_bytes(report):
+    rep, _ = report
+    for method in ("mbq-uniform", "matmul-nbits", "rtn"):
+        rows = sorted((r for r in rep["rows"] if r["method"] == method), key=lambda r: r["bits"])
+        sizes = [r["model_bytes"] for r in rows]
+        assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), method
+
+
+def test_check_report_catches_a_disagreeing_ort_row_and_a_bad_speed(report):
+    rep, _ = report
+    broken = copy.deepcopy(rep)
+    row = next(r for r in broken["rows"] if r["method"] == "mbq-uniform")
+    text = broken["texts"][0]
+    row["ort"]["agreement"][text] = 0.05
+    row["speed"]["1"]["decode_tok_s"] = float("nan")
+    problems = check_report(broken)
+    assert any("ORT perplexity differs" in p for p in problems)
+    assert any("decode_tok_s" in p for p in problems)
+
+
+def test_resume_reuses_rows_and_exports(tiny_pair, report, tmp_path):
+    rep, out = report
+    exports = tiny_pair[2] / "exports"
+    stamps = {p: p.stat().st_mtime_ns for p in exports.rglob("model.onnx")}
+    assert len(stamps) == 4  # float32, int4, int8, mixed-bit
+    work = tmp_path / "again"
+    work.mkdir()
+    (work / "quality.json").write_text((out / "quality.json").read_text())
+    again = _run(tiny_pair, work, "--resume", "--no-plot")
+    assert [r["label"] for r in again["rows"]] == [r["label"] for r in rep["rows"]]
+    assert {p: p.stat().st_mtime_ns for p in exports.rglob("model.onnx")} == stamps
+
+
+def test_bad_ort_options_exit_2(tiny_pair, tmp_path, capsys):
+    from mbq_onnx.eval.cli import main
+
+    model_dir, artifact, _ = tiny_pair
+    base = ["--artifact", str(artifact), "--model", str(model_dir), "--output", str(tmp_path)]
+    for extra, message in (
+        (["--threads", "0"], "thread counts must be >= 1"),
+        (["--nbits", "3"], "MatMulNBits supports 2, 4 and 8"),
+        (["--nbits-block", "24"], "power of two"),
+        (["--ort-tolerance", "0"], "--ort-tolerance"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main([*base, *extra])
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_speed_needs_enough_tokens_and_positive_sizes(tiny_pair, report):
+    from mbq_onnx.eval.speed import measure_speed
+    from mbq_onnx.runtime import MbqSession
+
+    session = MbqSession(next((tiny_pair[2] / "exports").rglob("mixed-bit")), threads=1)
+    with pytest.raises(ValueError, match="needs 16 tokens, got 10"):
+        measure_speed(session, np.arange(10), prompt_tokens=4, decode_tokens=8)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        measure_speed(session, np.arange(100), repeats=0)
+    sp = measure_speed(session, np.arange(100), force_slices=2, prompt_tokens=8, decode_tokens=4, repeats=1)
+    assert sp.threads == 1 and sp.decode_avg_bits == pytest.approx(6.0) and sp.decode_ms > 0
