@@ -1,7 +1,8 @@
 """End-to-end ORT benchmark: prefill and decode tokens/s of one LLM exported several ways, in one process.
 
 Models: float32, ORT MatMulNBits int4/int8 (ORT's own quantizer, int8 activations) and the MoBiQuant export
-at every uniform slice count and at a few τ. Each is run at 1 and 2 intra-op threads; speeds are also given
+at every uniform slice count and at a few τ, plus its ``--accuracy-level 4`` export (int8 activations, as
+MatMulNBits) at the base and full slice counts. Each is run at 1 and 2 intra-op threads; speeds are also given
 as ratios to MatMulNBits int4 at the same thread count. Exports are made (or reused) under the cache dir.
 
     python tools/bench_e2e.py [--artifact DIR] [--model DIR] [--threads 1,2] [--taus 0.05,0.2] [--quick]
@@ -25,6 +26,16 @@ DEFAULT_ARTIFACT = "artifacts/smollm2-135m-mbq-fast"
 BASELINE = "ORT MatMulNBits int4"
 
 
+def _taus(text: str) -> list[float]:
+    try:
+        taus = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"bench_e2e: --taus {text!r}: expected comma-separated numbers") from None
+    if any(not 0.0 < t < 1.0 for t in taus):
+        raise SystemExit(f"bench_e2e: --taus {text!r}: every τ must lie strictly between 0 and 1")
+    return taus
+
+
 def _rows(args: argparse.Namespace) -> tuple[list[dict], dict]:
     from mbq_onnx import assets
     from mbq_onnx.eval.ort_rows import OrtModel, OrtSettings, prepare_exports, speeds
@@ -34,7 +45,7 @@ def _rows(args: argparse.Namespace) -> tuple[list[dict], dict]:
     artifact = load_artifact(artifact_dir)
     model_dir = assets.resolve_model(args.model)
     settings = OrtSettings(
-        exports=assets.cache_dir() / "exports",
+        exports=args.exports or assets.cache_dir() / "exports",
         threads=tuple(int(t) for t in args.threads.split(",")),
         nbits=(4, 8),
         nbits_block=artifact.spec.group_size,  # as python -m mbq_onnx.eval: the exports are shared
@@ -46,12 +57,14 @@ def _rows(args: argparse.Namespace) -> tuple[list[dict], dict]:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     settings.speed_ids = assets.heldout_ids(tokenizer, "sotu-2000+").numpy()
-    dirs = prepare_exports(model_dir, artifact.path, settings)
+    dirs = prepare_exports(model_dir, artifact.path, settings, int8_activations=True)
 
     from mbq_onnx.eval.variants import load_mobiquant, routed_weights
 
     model, ctx = load_mobiquant(artifact)
-    mixed = OrtModel(dirs["mixed-bit"], routed_weights(model, ctx, artifact.spec))
+    weights = routed_weights(model, ctx, artifact.spec)
+    mixed = OrtModel(dirs["mixed-bit"], weights)
+    mixed_int8 = OrtModel(dirs["mixed-bit-int8act"], weights)
     runs = [
         ("float32", OrtModel(dirs["float32"]), {}),
         (BASELINE, OrtModel(dirs["int4"]), {}),
@@ -60,7 +73,11 @@ def _rows(args: argparse.Namespace) -> tuple[list[dict], dict]:
             (f"MoBiQuant {k} slice(s) ({artifact.spec.bits_at(k)}-bit)", mixed, {"force": k})
             for k in range(1, artifact.spec.num_slices + 1)
         ],
-        *[(f"MoBiQuant τ={t:g}", mixed, {"tau": float(t)}) for t in args.taus.split(",") if t.strip()],
+        *[(f"MoBiQuant τ={t:g}", mixed, {"tau": t}) for t in args.tau_values],
+        *[
+            (f"MoBiQuant {k} slice(s), int8 activations", mixed_int8, {"force": k})
+            for k in (1, artifact.spec.num_slices)
+        ],
     ]
     rows = []
     for name, model_, kw in runs:
@@ -121,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=128, help="prefill length (default %(default)s)")
     p.add_argument("--decode-tokens", type=int, default=64, help="decode steps (default %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="runs per setting, median (default %(default)s)")
+    p.add_argument("--exports", type=Path, help="directory for the exports (default: <cache dir>/exports)")
     p.add_argument("--quick", action="store_true", help="32-token prefill, 8 decode steps, 1 run")
     p.add_argument("--output", type=Path, default=REPO / "reports", help="report dir (default reports/)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.tau_values = _taus(args.taus)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     rows, meta = _rows(args)

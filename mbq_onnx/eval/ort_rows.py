@@ -97,9 +97,12 @@ def _cached(out: Path, source: Path, extra: dict[str, Any], make: Callable[[Path
     return out
 
 
-def prepare_exports(model_dir: Path, artifact: Path | None, settings: OrtSettings) -> dict[str, Path]:
+def prepare_exports(
+    model_dir: Path, artifact: Path | None, settings: OrtSettings, int8_activations: bool = False
+) -> dict[str, Path]:
     """Export (or reuse) the ORT models of a report: ``float32``, ``int{b}`` MatMulNBits for each
-    ``settings.nbits``, and ``mixed-bit`` when an artifact is given. Returns their directories by key."""
+    ``settings.nbits``, and ``mixed-bit`` when an artifact is given (plus ``mixed-bit-int8act``, exported
+    with ``accuracy_level=4``, when ``int8_activations``). Returns their directories by key."""
     from mbq_onnx.export import export_artifact, export_float_model
     from mbq_onnx.export.matmul_nbits import quantize_matmul_nbits
 
@@ -131,6 +134,15 @@ def prepare_exports(model_dir: Path, artifact: Path | None, settings: OrtSetting
             {"kind": "mixed-bit"},
             lambda out: export_artifact(artifact, out, overwrite=True, progress=not quiet),
         )
+        if int8_activations:
+            dirs["mixed-bit-int8act"] = _cached(
+                Path(settings.exports) / artifact.name / "mixed-bit-int8act",
+                artifact,
+                {"kind": "mixed-bit", "accuracy_level": 4},
+                lambda out: export_artifact(
+                    artifact, out, overwrite=True, progress=not quiet, accuracy_level=4
+                ),
+            )
     return dirs
 
 
@@ -278,4 +290,3 @@ def eval_matmul_nbits(
     row["ort"] = {"model_dir": model.model_dir.name, "file_bytes": row["model_bytes"]}
     row["speed"] = speeds(model, settings)
     return row
-

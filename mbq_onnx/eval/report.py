@@ -127,6 +127,17 @@ def speed_threads(report: dict[str, Any]) -> list[str]:
     return sorted({t for r in report["rows"] for t in (r.get("speed") or {})}, key=int)
 
 
+def _table_order(row: dict[str, Any]) -> tuple:
+    """Table order: by method (float, baselines, MoBiQuant, ORT MatMulNBits), then group, bits, τ."""
+    method = row.get("method")
+    return (
+        METHODS.index(method) if method in METHODS else len(METHODS),
+        row.get("group_size") or 0,
+        row.get("bits") or 0,
+        row.get("tau") or 0,
+    )
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """The report as a markdown table: one line per row, perplexity and average bits per text."""
     texts = report["texts"]
@@ -137,7 +148,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     float_rows = [r for r in report["rows"] if r["method"] == "float"]
     float_ppl = {t: r["ppl"] for t, r in (float_rows[0]["results"] if float_rows else {}).items()}
-    for row in report["rows"]:
+    for row in sorted(report["rows"], key=_table_order):
         bits = [row["results"][t]["avg_bits"] for t in texts if t in row["results"]]
         bits_s = (
             " / ".join(f"{b:.2f}" for b in bits) if len({round(b, 2) for b in bits}) > 1 else f"{bits[0]:.2f}"

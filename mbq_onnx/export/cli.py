@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="accuracy_level of every MixedBitMatMul node: 0 (default) float activations, 4 int8 "
         "activations (faster, ~1e-2 relative error per linear; see custom_ops/README.md)",
     )
+    p.add_argument(
+        "--external-data",
+        action="store_true",
+        help="write the weights to model.onnx.data beside the graph (automatic above 1.8 GB of weights, "
+        "protobuf's 2 GB limit)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -102,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "opset": args.opset,
         "overwrite": args.overwrite,
         "progress": not args.quiet,
+        "external_data": True if args.external_data else None,
     }
     try:
         if args.hf_model:

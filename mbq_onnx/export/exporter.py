@@ -153,11 +153,13 @@ def export_artifact(
     overwrite: bool = False,
     progress: bool = True,
     accuracy_level: int = 0,
+    external_data: bool | None = None,
 ) -> Path:
     """Export a calibrated artifact directory to ``output`` (see module docstring). Returns ``output``.
 
     ``accuracy_level`` (0 or 4) is written on every MixedBitMatMul node: 4 lets rows use int8
-    activations (``custom_ops/README.md``).
+    activations (``custom_ops/README.md``). ``external_data``: see :func:`~mbq_onnx.export.graph.save_graph`
+    (``None``: by size).
 
     Raises :class:`~mbq_onnx.model.ArtifactError` for a missing/corrupt artifact or weights that do
     not match its config, :class:`ExportError` for an unsupported architecture or bad options.
@@ -205,6 +207,7 @@ def export_artifact(
                 mixed_bit=not reference,
                 opset=opset,
                 translation_table=None if reference else translation_table(accuracy_level),
+                external_data=external_data,
             )
             bar.update()
             bar.set_postfix_str(stages[2])
@@ -264,6 +267,7 @@ def export_float_model(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     progress: bool = True,
+    external_data: bool | None = None,
 ) -> Path:
     """Export an unquantized transformers causal LM folder as a standard-op float32 graph (a baseline, and
     the input of :func:`~mbq_onnx.export.matmul_nbits.quantize_matmul_nbits`)."""
@@ -283,7 +287,13 @@ def export_float_model(
         with atomic_directory(output, overwrite) as tmp:
             bar.set_postfix_str("trace + export ONNX")
             io = export_graph(
-                model, None, tmp / MODEL_FILE, with_past=with_past, mixed_bit=False, opset=opset
+                model,
+                None,
+                tmp / MODEL_FILE,
+                with_past=with_past,
+                mixed_bit=False,
+                opset=opset,
+                external_data=external_data,
             )
             bar.update()
             config = _config_for(

@@ -186,6 +186,11 @@ def _strip_metadata(model: onnx.ModelProto) -> None:
     del model.metadata_props[:]
 
 
+#: Initializer bytes above which :func:`save_graph` writes external data (protobuf's 2 GB limit, with margin).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+DATA_SUFFIX = ".data"
+
+
 def check_graph(model: onnx.ModelProto | str | Path) -> None:
     """``onnx.checker`` full check and strict shape inference (with the MixedBitMatMul schema registered)."""
     register_schema()
@@ -242,10 +247,11 @@ def export_graph(
     mixed_bit: bool = True,
     opset: int = DEFAULT_OPSET,
     translation_table: dict | None = None,
+    external_data: bool | None = None,
 ) -> GraphIO:
     """Export ``model`` (a transformers causal LM, mixed-bit when ``ctx`` is a RoutingContext) to ``path``.
 
-    Returns the graph's I/O names. The graph is checked before it is written.
+    Returns the graph's I/O names. The graph is checked (see :func:`save_graph`; ``external_data`` as there).
     """
     if opset < MIN_OPSET:
         raise ValueError(f"--opset {opset}: the exporter needs opset >= {MIN_OPSET}")
@@ -286,7 +292,39 @@ def export_graph(
         raise RuntimeError(
             "the exported graph has no MixedBitMatMul node: was the model built with MixedBitLinear?"
         )
-    check_graph(proto)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(proto, str(path))
+    save_graph(proto, path, external_data)
     return io_names
+
+
+def initializer_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the graph's initializers held in the proto."""
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def save_graph(model: onnx.ModelProto, path: Path, external_data: bool | None = None) -> list[str]:
+    """Check ``model`` and write it to ``path``; returns the file names written.
+
+    ``external_data``: ``None`` (default) decides by size — above :data:`EXTERNAL_DATA_THRESHOLD` bytes of
+    initializers (protobuf messages cannot exceed 2 GB) the tensors go to one ``<name>.data`` file beside
+    the graph; ``True``/``False`` force it. ONNX Runtime loads such a pair from the graph's path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    if not external_data:
+        check_graph(model)
+        onnx.save_model(model, str(path))
+        return [path.name]
+    location = path.name + DATA_SUFFIX
+    (path.parent / location).unlink(missing_ok=True)  # save_model appends to an existing data file
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
+    )
+    check_graph(path)  # by path: the checker reads the external data itself
+    return [path.name, location]

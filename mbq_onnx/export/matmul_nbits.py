@@ -21,7 +21,7 @@ from pathlib import Path
 import onnx
 
 from .exporter import CONFIG_FILE, MODEL_FILE, ExportError, atomic_directory
-from .graph import check_graph
+from .graph import save_graph
 
 #: int8 activations: the only fast MatMulNBits setting on these CPUs (see docs/export.md).
 DEFAULT_ACCURACY_LEVEL = 4
@@ -71,8 +71,7 @@ def quantize_matmul_nbits(
     if not any(n.op_type == "MatMulNBits" for n in quantized.graph.node):
         raise ExportError(f"{src / MODEL_FILE}: no MatMul with a constant weight was quantized")
     with atomic_directory(output, overwrite) as tmp:
-        check_graph(quantized)
-        onnx.save_model(quantized, str(tmp / MODEL_FILE))
+        save_graph(quantized, tmp / MODEL_FILE)
         for p in sorted(src.iterdir()):
             if p.is_file() and p.name in config.get("tokenizer_files", []):
                 shutil.copyfile(p, tmp / p.name)

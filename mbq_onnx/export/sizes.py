@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 
 from .exporter import MODEL_FILE, export_artifact, export_float_model
+from .graph import save_graph
 from .matmul_nbits import quantize_matmul_nbits
 
 
@@ -46,7 +47,7 @@ def float16_copy(src: Path, out: Path) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     model = convert_float_to_float16(onnx.load(str(src / MODEL_FILE)), keep_io_types=True)
-    onnx.save_model(model, str(out / MODEL_FILE))
+    save_graph(model, out / MODEL_FILE)
     return out
 
 

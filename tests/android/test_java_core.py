@@ -22,8 +22,15 @@ def run_junit(*jvm_args: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("javac") is None:
         pytest.fail("javac not found: install a JDK (Debian default-jdk-headless; tools/setup.sh does)")
     env = {**os.environ, "PYTHON": sys.executable}
-    return subprocess.run(["bash", str(SCRIPT), *jvm_args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *jvm_args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def assert_junit_ok(proc: subprocess.CompletedProcess[str]) -> None:
@@ -50,8 +57,14 @@ def test_java_loop_matches_a_fresh_python_recording(tmp_path: Path, request: pyt
     """Re-record the traces with the current Python runtime and replay them through the Java loop."""
     fixture = tmp_path / "generation_trace.json"
     tool = [sys.executable, str(REPO / "tools" / "make_android_fixture.py"), *_shared_exported_model(request)]
-    proc = subprocess.run([*tool, "--out", str(fixture)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [*tool, "--out", str(fixture)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, f"make_android_fixture.py failed:\n{proc.stderr[-6000:]}"
     assert_junit_ok(run_junit(f"-Dmbq.generationFixture={fixture}"))

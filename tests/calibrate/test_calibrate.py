@@ -79,8 +79,9 @@ def test_artifact_roundtrip_matches_fake_quantized_model(calibrated, tmp_path):
         ctx.force_slices = k
         ref = fake_quantize_model(copy.deepcopy(model), result, k)
         with torch.no_grad():
-            torch.testing.assert_close(built(input_ids=ids).logits, ref(input_ids=ids).logits,
-                                       rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                built(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=1e-4, atol=1e-4
+            )
 
 
 def test_trained_routers_change_counts_with_tau(calibrated, tmp_path):
@@ -112,8 +113,9 @@ def test_block_router_artifact(tiny_llama, tmp_path):
 
 def test_single_precision_mode(tiny_llama):
     model = tiny_llama(seed=3)
-    result = calibrate(model, None, SPEC, TINY.with_overrides(epochs=1), precisions=[2], input_ids=_ids(3),
-                       progress=False)
+    result = calibrate(
+        model, None, SPEC, TINY.with_overrides(epochs=1), precisions=[2], input_ids=_ids(3), progress=False
+    )
     assert result.granularity == "none" and not result.routers and not result.tau_table
     for b in result.report["blocks"]:
         assert set(b["calibrated_mse"]) == {"2"}

@@ -10,19 +10,23 @@ import pytest
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mbq_onnx.calibrate", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mbq_onnx.calibrate", *args], capture_output=True, text=True, timeout=600
+    )
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--slices", "4,4,2"], "sum to 10 bits"),
-    (["--slices", "4,0,2"], "0-bit slice"),
-    (["--slices", "four"], "comma-separated integers"),
-    (["--group", "100"], "power of two"),
-    (["--group", "8"], "power of two"),
-    (["--samples", "0"], "samples must be >= 1"),
-    (["--precisions", "4"], "within 1..3"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--slices", "4,4,2"], "sum to 10 bits"),
+        (["--slices", "4,0,2"], "0-bit slice"),
+        (["--slices", "four"], "comma-separated integers"),
+        (["--group", "100"], "power of two"),
+        (["--group", "8"], "power of two"),
+        (["--samples", "0"], "samples must be >= 1"),
+        (["--precisions", "4"], "within 1..3"),
+    ],
+)
 def test_bad_arguments(tmp_path, args, message):
     out = tmp_path / "art"
     proc = _run("--output", str(out), *args)
@@ -41,8 +45,11 @@ def test_unsupported_model(tmp_path):
     from transformers import BertConfig, BertModel
 
     folder = tmp_path / "bert"
-    BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(folder)
+    BertModel(
+        BertConfig(
+            vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    ).save_pretrained(folder)
     proc = _run("--model", str(folder), "--output", str(tmp_path / "art"))
     assert proc.returncode != 0 and "error:" in proc.stderr
     assert not (tmp_path / "art").exists()
@@ -69,8 +76,25 @@ def test_cli_on_a_small_model_with_the_embedded_tokenizer(tmp_path, tiny_llama):
     tiny_llama(vocab_size=len(tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     out = tmp_path / "art"
-    args = ["--model", str(folder), "--output", str(out), "--group", "16", "--samples", "4", "--seqlen", "32",
-            "--epochs", "1", "--base-epochs", "1", "--batch-size", "2", "--no-progress"]
+    args = [
+        "--model",
+        str(folder),
+        "--output",
+        str(out),
+        "--group",
+        "16",
+        "--samples",
+        "4",
+        "--seqlen",
+        "32",
+        "--epochs",
+        "1",
+        "--base-epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     proc = _run(*args)
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads((out / "config.json").read_text())

@@ -24,9 +24,7 @@ def make_artifact(
     """A tiny RTN artifact with spread random routers (the repo conftest's recipe, at a chosen path)."""
     from tiny_models import make_tiny_artifact
 
-    return make_tiny_artifact(
-        out, slices, group, granularity, seed, tokenizer_dir=tokenizer_dir
-    )
+    return make_tiny_artifact(out, slices, group, granularity, seed, tokenizer_dir=tokenizer_dir)
 
 
 def ort_session(model_dir: Path, file: str = "model.onnx"):

@@ -238,3 +238,25 @@ def test_accuracy_level_4(tiny_art, tiny_export, export_workdir):
             ref, got = float_lm.run(rows, force=force)["logits"], int8_lm.run(rows, force=force)["logits"]
             rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
             assert 0 < rel <= INT8_LOGITS_RTOL, f"force={force}: relative |Δlogits| {rel:.2e}"
+
+
+def test_external_data_gives_the_same_model(tiny_art, tiny_export, export_workdir):
+    """--external-data (automatic above 1.8 GB): the weights go to model.onnx.data, same outputs."""
+    from mbq_onnx.export.sizes import weight_file_bytes
+
+    out = export_artifact(tiny_art, export_workdir / "model-external", external_data=True, progress=False)
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and {e.value for t in external for e in t.external_data if e.key == "location"} == {
+        "model.onnx.data"
+    }
+    assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
+    assert abs(weight_file_bytes(out) - weight_file_bytes(tiny_export)) < 0.05 * weight_file_bytes(
+        tiny_export
+    )
+    a, b = open_lm(tiny_export), open_lm(out)
+    ids = _ids(2, 9)
+    for tau in (0.3, 0.8):
+        x, y = a.run(ids, tau=tau), b.run(ids, tau=tau)
+        np.testing.assert_array_equal(x["logits"], y["logits"])
+        np.testing.assert_array_equal(x["slice_counts"], y["slice_counts"])
