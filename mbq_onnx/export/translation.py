@@ -3,6 +3,7 @@ export-time ``torch.ops.mbq.router_counts`` (``routers.py``) into its standard-o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,23 +92,10 @@ def translation_table(accuracy_level: int = 0) -> dict[Any, Any]:
         raise ValueError(f"accuracy_level {accuracy_level!r}: expected one of {ACCURACY_LEVELS}")
     register_schema()
 
-    def mixed_bit_matmul_at_level(
-        x: Any,
-        slice_count: Any,
-        packed: Any,
-        scales: Any,
-        zeros: Any,
-        K: int,
-        N: int,
-        group_size: int,
-        slice_bits: Sequence[int],
-    ) -> Any:
-        return mixed_bit_matmul(
-            x, slice_count, packed, scales, zeros, K, N, group_size, slice_bits, accuracy_level
-        )
-
     return {
-        torch.ops.mbq.mixed_bit_matmul.default: mixed_bit_matmul_at_level,
+        torch.ops.mbq.mixed_bit_matmul.default: functools.partial(
+            mixed_bit_matmul, accuracy_level=accuracy_level
+        ),
         torch.ops.mbq.router_counts.default: router_counts,
         torch.ops.prims.prod.default: prims_prod,
     }

@@ -1,4 +1,5 @@
-"""End to end on the embedded SmolLM2-135M: ``python -m mbq_onnx.eval --quick`` writes a sane report."""
+"""End to end on the embedded SmolLM2-135M: ``python -m mbq_onnx.eval --quick`` (PyTorch and ORT rows, real
+exports in a temporary directory) writes a sane report."""
 
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def test_quick_report_on_the_embedded_model(rtn_artifact, tmp_path):
             "256",
             "--output",
             str(out),
+            "--exports",
+            str(tmp_path / "exports"),
             "--no-progress",
         ],
         capture_output=True,
@@ -63,6 +66,7 @@ def test_quick_report_on_the_embedded_model(rtn_artifact, tmp_path):
     assert check_report(report) == []
     assert report["texts"] == ["sotu-2000+", "moby-dick"]
     assert (out / "quality.png").stat().st_size > 0 and (out / "quality.md").is_file()
+    assert (out / "pareto.png").stat().st_size > 0
     rows = {r["label"]: r for r in report["rows"]}
     assert {
         "float32",
@@ -73,7 +77,12 @@ def test_quick_report_on_the_embedded_model(rtn_artifact, tmp_path):
         "MoBiQuant 1 slice (4-bit)",
         "MoBiQuant 3 slices (8-bit)",
         "MoBiQuant τ=0.5",
+        "ORT MatMulNBits int4 b128",
+        "ORT MatMulNBits int8 b128",
     } <= set(rows)
+    for label in ("float32", "MoBiQuant 1 slice (4-bit)", "MoBiQuant 3 slices (8-bit)", "MoBiQuant τ=0.5"):
+        assert max(rows[label]["ort"]["agreement"].values()) <= report["settings"]["ort"]["tolerance"]
+        assert set(rows[label]["speed"]) == {"1", "2"}
     for text in report["texts"]:
         ppl = {label: row["results"][text]["ppl"] for label, row in rows.items()}
         # an 8-bit model is much closer to float than a 4-bit one, for every method
@@ -81,6 +90,7 @@ def test_quick_report_on_the_embedded_model(rtn_artifact, tmp_path):
             ("RTN 4-bit g128", "RTN 8-bit g128"),
             ("GPTQ 4-bit g128", "GPTQ 8-bit g128"),
             ("MoBiQuant 1 slice (4-bit)", "MoBiQuant 3 slices (8-bit)"),
+            ("ORT MatMulNBits int4 b128", "ORT MatMulNBits int8 b128"),
         ]
         for lo, hi in pairs:
             assert abs(ppl[hi] / ppl["float32"] - 1) < abs(ppl[lo] / ppl["float32"] - 1)
