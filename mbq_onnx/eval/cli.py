@@ -427,7 +427,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 V.label("mbq-tau", tau=tau), lambda tau=tau: V.eval_mbq_tau(setup, artifact, tau, model=mbq)
             )
     if ort_settings is not None:
-        _ort_stage(report, setup, ort_settings, model_dir, artifact, ids[texts[0]], add, maybe)
+        mbq_model = mbq if artifact is not None else None
+        _ort_stage(report, setup, ort_settings, model_dir, artifact, mbq_model, ids[texts[0]], add, maybe)
     report["settings"]["seconds"] = round(time.time() - started, 1)
     paths = write_report(report, args.output, plot=not args.no_plot)
     problems = check_report(report)
@@ -443,12 +444,13 @@ def _ort_stage(
     ort_settings: Any,
     model_dir: Path,
     artifact: Any,
+    mbq: Any,
     speed_ids: Any,
     add: Callable[[dict[str, Any]], None],
     maybe: Callable[[str, Callable[[], dict[str, Any]]], None],
 ) -> None:
     """Attach ORT perplexity, agreement and speed to the float and MoBiQuant rows that lack them, and add the
-    MatMulNBits rows."""
+    MatMulNBits rows. ``mbq``: the artifact's PyTorch ``(model, ctx)`` (for the routed-weights order)."""
     from . import variants as V
     from .ort_rows import OrtModel, add_ort, eval_matmul_nbits, prepare_exports, speed_tokens_needed
 
@@ -462,15 +464,14 @@ def _ort_stage(
     dirs = prepare_exports(model_dir, artifact.path if artifact is not None else None, ort_settings)
     mixed = None
     if artifact is not None:
-        mbq_model, ctx = V.load_mobiquant(artifact)
-        weights = V.routed_weights(mbq_model, ctx, artifact.spec) if artifact.granularity != "none" else None
+        weights = V.routed_weights(*mbq, artifact.spec) if artifact.granularity != "none" else None
         mixed = OrtModel(dirs["mixed-bit"], weights)
-    models = {"float": OrtModel(dirs["float32"])}
+    float_model = OrtModel(dirs["float32"])
     for row in list(report["rows"]):
         if "ort" in row:
             continue
         if row["method"] == "float":
-            add(add_ort(row, setup, models["float"], ort_settings))
+            add(add_ort(row, setup, float_model, ort_settings))
         elif row["method"] == "mbq-uniform" and mixed is not None:
             add(add_ort(row, setup, mixed, ort_settings, force=row["slices"]))
         elif row["method"] == "mbq-tau" and mixed is not None:

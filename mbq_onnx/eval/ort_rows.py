@@ -17,8 +17,14 @@ from typing import Any
 import numpy as np
 
 from .perplexity import LogitsFn
-from .speed import DEFAULT_DECODE_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPEATS, WARMUP_STEPS, measure_speed
-from .speed import routed_bits as _routed_bits
+from .speed import (
+    DEFAULT_DECODE_TOKENS,
+    DEFAULT_PROMPT_TOKENS,
+    DEFAULT_REPEATS,
+    BitsMeter,
+    measure_speed,
+    tokens_needed,
+)
 from .variants import EvalSetup, _row, label
 
 FINGERPRINT_FILE = "eval_source.json"
@@ -167,27 +173,6 @@ class OrtModel:
         return weight_file_bytes(self.model_dir)
 
 
-class _BitsMeter:
-    """Weight-weighted average bits over the routed entries of ORT calls."""
-
-    def __init__(self, session, weights: np.ndarray | None):
-        self.session, self.weights = session, weights
-        self.reset()
-
-    def reset(self) -> None:
-        self.bit_sum = self.weight_sum = 0.0
-
-    def add(self, slice_counts: np.ndarray) -> None:
-        if slice_counts.size:
-            b, w = _routed_bits(self.session, slice_counts, self.weights)
-            self.bit_sum, self.weight_sum = self.bit_sum + b, self.weight_sum + w
-
-    def average(self) -> float:
-        if not self.weight_sum:
-            raise RuntimeError("the ORT model reported no slice counts: does it have routers?")
-        return self.bit_sum / self.weight_sum
-
-
 def ort_logits_fn(
     session, tau: float = 0.0, force_slices: int = 0, on_counts: Callable[[np.ndarray], None] | None = None
 ) -> LogitsFn:
@@ -209,7 +194,7 @@ def ort_results(
     """Perplexity on every text through ORT; average bits from the routed counts when routing decides."""
     session = model.session(threads)
     routed = session.mixed_bit and force == 0
-    meter = _BitsMeter(session, model.routed_weights) if routed else None
+    meter = BitsMeter(session, model.routed_weights) if routed else None
     fn = ort_logits_fn(session, tau, force, meter.add if meter else None)
     return setup.run(
         fn, f"{name} · ORT", meter.average if meter else bits, reset=meter.reset if meter else None
@@ -246,7 +231,7 @@ def speeds(
 
 
 def speed_tokens_needed(settings: OrtSettings) -> int:
-    return settings.prompt_tokens + WARMUP_STEPS + settings.decode_tokens
+    return tokens_needed(settings.prompt_tokens, settings.decode_tokens)
 
 
 def add_ort(

@@ -22,8 +22,8 @@ WARMUP_STEPS = 4
 
 @dataclass(frozen=True)
 class Speed:
-    """Median rates of one setting; ``avg_bits`` is the weight-weighted mean over decode steps (None for
-    graphs without routing)."""
+    """Median rates of one setting; ``decode_avg_bits`` is the weight-weighted mean over decode steps (None
+    for graphs without routing)."""
 
     threads: int
     prefill_tok_s: float
@@ -38,15 +38,36 @@ class Speed:
         return asdict(self)
 
 
-def routed_bits(session, slice_counts: np.ndarray, weights: np.ndarray | None) -> tuple[float, float]:
-    """(bits·weights, weights) summed over the routed entries of one call (``weights[i]``: weights read by
-    routed entry ``i``; ``None``: each entry counts once)."""
-    counts = np.clip(slice_counts.reshape(slice_counts.shape[0], -1), 1, session.config.num_slices)
-    bits = session.config.bits_per_count[counts]
-    w = np.ones(counts.shape[0]) if weights is None else np.asarray(weights, np.float64)
-    if w.shape[0] != counts.shape[0]:
-        raise ValueError(f"{w.shape[0]} routed weights for {counts.shape[0]} slice-count rows")
-    return float((bits * w[:, None]).sum()), float(w.sum() * counts.shape[1])
+class BitsMeter:
+    """Average bits per weight over the ``slice_counts`` outputs of ORT calls: each routed entry ``i`` is
+    weighted by ``weights[i]`` (the weights its call reads; ``None``: each entry counts once)."""
+
+    def __init__(self, session, weights: np.ndarray | None = None):
+        self.session = session
+        self.weights = None if weights is None else np.asarray(weights, np.float64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.bit_sum = self.weight_sum = 0.0
+
+    def add(self, slice_counts: np.ndarray) -> None:
+        if not slice_counts.size:
+            return
+        counts = np.clip(slice_counts.reshape(slice_counts.shape[0], -1), 1, self.session.config.num_slices)
+        w = np.ones(counts.shape[0]) if self.weights is None else self.weights
+        if w.shape[0] != counts.shape[0]:
+            raise ValueError(f"{w.shape[0]} routed weights for {counts.shape[0]} slice-count rows")
+        self.bit_sum += float((self.session.config.bits_per_count[counts] * w[:, None]).sum())
+        self.weight_sum += float(w.sum() * counts.shape[1])
+
+    def average(self) -> float | None:
+        """The mean so far (``None`` before any routed entry)."""
+        return self.bit_sum / self.weight_sum if self.weight_sum else None
+
+
+def tokens_needed(prompt_tokens: int, decode_tokens: int) -> int:
+    """Token ids one :func:`measure_speed` run consumes."""
+    return prompt_tokens + WARMUP_STEPS + decode_tokens
 
 
 def measure_speed(
@@ -68,11 +89,11 @@ def measure_speed(
             "must be >= 1"
         )
     ids = np.asarray(token_ids, np.int64).reshape(-1)
-    need = prompt_tokens + WARMUP_STEPS + decode_tokens
+    need = tokens_needed(prompt_tokens, decode_tokens)
     if ids.size < need:
         raise ValueError(f"speed measurement needs {need} tokens, got {ids.size}")
     prefill_s, step_s = [], []
-    bit_sum = weight_sum = 0.0
+    meter = BitsMeter(session, routed_weights)
     for _ in range(repeats):
         out = session.run(
             ids[None, :prompt_tokens], session.empty_cache(), tau=tau, force_slices=force_slices
@@ -85,9 +106,8 @@ def measure_speed(
             past = out.present
             if i >= prompt_tokens + WARMUP_STEPS:
                 steps.append(out.latency_ms / 1e3)
-                if session.mixed_bit and out.slice_counts.size:
-                    b, w = routed_bits(session, out.slice_counts, routed_weights)
-                    bit_sum, weight_sum = bit_sum + b, weight_sum + w
+                if session.mixed_bit:
+                    meter.add(out.slice_counts)
         step_s.append(statistics.median(steps))
     prefill, step = statistics.median(prefill_s), statistics.median(step_s)
     return Speed(
@@ -98,5 +118,5 @@ def measure_speed(
         prompt_tokens=prompt_tokens,
         decode_tokens=decode_tokens,
         repeats=repeats,
-        decode_avg_bits=bit_sum / weight_sum if weight_sum else None,
+        decode_avg_bits=meter.average(),
     )
