@@ -1,7 +1,7 @@
 """Token generation with the KV cache, steered per step by a controller (budget or fixed mode).
 
 onnxruntime-genai is not used: it can load the custom-op library, but it offers no documented way
-to change a graph input such as ``tau`` between steps (see /work/shared/DESIGN.md), and per-step τ
+to change a graph input such as ``tau`` between steps (see the project design notes), and per-step τ
 is the point of this runtime. The loop below is small: prefill, then one decode call per token.
 """
 
