@@ -8,12 +8,22 @@ controller needs a τ → latency curve with a slope to act on.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SLICES = (4, 2, 2)
+
+
+def _tiny_models():
+    """``tests/tiny_models.py`` (the shared tiny-model factories), loaded by path: this file is also loaded
+    by path from ``tools/``, where ``tests/`` is not importable."""
+    spec = importlib.util.spec_from_file_location("tiny_models", Path(__file__).parents[1] / "tiny_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_byte_tokenizer(folder: Path) -> None:
@@ -38,39 +48,24 @@ def build_exported_model(
 ) -> Path:
     """Random LLaMA (byte-level vocab 256) → RTN mixed-bit artifact with spread random routers →
     exported model dir ``root/model`` (artifact and tokenizer are written beside it in ``root``)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from mbq_onnx.export import export_artifact
-    from mbq_onnx.model import SliceRouter, quantize_model, save_artifact
+    from mbq_onnx.model import quantize_model, save_artifact
     from mbq_onnx.quant.spec import QuantSpec
 
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=256,
+    tiny = _tiny_models()
+    model = tiny.make_tiny_decoder(
+        "llama",
+        seed,
         hidden_size=hidden,
         intermediate_size=3 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=8,
         num_key_value_heads=2,
         max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
-        rms_norm_eps=1e-5,
     )
-    model = LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():  # HF init is tiny; widen it so logits and routing vary between tokens
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.normal_(0.0, 0.08)
     spec = QuantSpec(SLICES, 64)
     quantize_model(model, spec, granularity="linear", router_hidden=8, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # routers with large logits: different tokens and τ pick different slice counts
-        for m in model.modules():
-            if isinstance(m, SliceRouter):
-                m.fc1.weight.normal_(0, 3.0 / m.in_features**0.5, generator=g)
-                m.fc2.weight.normal_(0, 2.0, generator=g)
-                m.fc2.bias.normal_(0, 1.0, generator=g)
+    tiny.make_router_spread(model, seed)  # different tokens and τ pick different slice counts
     tok_dir = root / "tokenizer"
     write_byte_tokenizer(tok_dir)
     artifact = save_artifact(
