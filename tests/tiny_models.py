@@ -20,6 +20,13 @@ TINY_DECODER = dict(
 )
 
 
+#: Overrides for graphs built on ORT's GroupQueryAttention (the lean export), whose CPU kernel needs a head
+#: size that is a multiple of 16: hidden 80 = 5 heads × 16, one KV head (GQA 5:1). With groups of 32 the
+#: hidden size (2.5 groups) and the MLP (104 = 3.25 groups) still end in ragged groups.
+LEAN_HEADS = dict(hidden_size=80, num_attention_heads=5, num_key_value_heads=1)
+LEAN_GROUP = 32
+
+
 def make_tiny_decoder(family: str = "llama", seed: int = 0, tie_word_embeddings: bool = True, **overrides):
     """A tiny seeded random causal LM of a transformers ``model_type`` (``llama``, ``mistral``, ``qwen2``…)
     built from its config (:data:`TINY_DECODER` + ``overrides``), float32, eval mode."""
@@ -68,13 +75,15 @@ def make_tiny_artifact(
     tie_word_embeddings: bool = True,
     router_hidden: int = 8,
     tokenizer_dir: Path | None = None,
+    **overrides,
 ) -> Path:
-    """An artifact at ``out`` from the tiny LLaMA with RTN parameters and random (spread) routers."""
+    """An artifact at ``out`` from the tiny LLaMA (config ``overrides``) with RTN parameters and random
+    (spread) routers."""
     from mbq_onnx.model import quantize_model, save_artifact
     from mbq_onnx.quant.spec import QuantSpec
 
     spec = QuantSpec(tuple(slices), group)
-    model = make_tiny_llama(seed, tie_word_embeddings)
+    model = make_tiny_llama(seed, tie_word_embeddings, **overrides)
     quantize_model(model, spec, granularity=granularity, router_hidden=router_hidden, seed=seed)
     make_router_spread(model, seed)
     return save_artifact(

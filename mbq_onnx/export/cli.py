@@ -92,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the weights to model.onnx.data beside the graph (automatic above 1.8 GB of weights, "
         "protobuf's 2 GB limit)",
     )
+    p.add_argument(
+        "--graph",
+        choices=("lean", "dynamo"),
+        default=None,
+        help="lean (default for KV-cache exports): ONNX Runtime GenAI's builder layout (GroupQueryAttention "
+        "with one past/present buffer, fused norms, fused q/k/v and gate/up MixedBitMatMul, one fused "
+        "router op per group); dynamo: the traced graph (always used for --no-past and --reference)",
+    )
+    p.add_argument(
+        "--lm-head",
+        choices=("float", "8bit"),
+        default="float",
+        help="the tied LM head: float32 (default) or 8-bit RTN as a MixedBitMatMul (lean graph only; "
+        "GenAI and llama.cpp quantize it too)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -124,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reference=args.reference,
                 reference_slices=args.reference_slices,
                 accuracy_level=args.accuracy_level,
+                graph=args.graph,
+                lm_head=args.lm_head,
                 **common,
             )
     except (ArtifactError, ExportError, ValueError, FileNotFoundError) as e:

@@ -34,6 +34,7 @@ LIBRARY_FILE = "libmbq_ops.so"
 FORMAT = "mbq-onnx-model"
 FORMAT_VERSION = 1
 TAU_RANGE = (0.0, 1.0)
+GRAPH_KINDS = ("lean", "dynamo")
 TOKENIZER_PREFIXES = ("tokenizer", "special_tokens", "vocab", "merges")
 TOKENIZER_FILES = ("added_tokens.json", "chat_template.jinja", "generation_config.json")
 
@@ -154,8 +155,15 @@ def export_artifact(
     progress: bool = True,
     accuracy_level: int = 0,
     external_data: bool | None = None,
+    graph: str | None = None,
+    lm_head: str = "float",
 ) -> Path:
     """Export a calibrated artifact directory to ``output`` (see module docstring). Returns ``output``.
+
+    ``graph``: ``"lean"`` (the default for KV-cache mixed-bit exports: GenAI's builder layout with fused
+    ORT ops and shared past/present buffers, :mod:`mbq_onnx.export.lean`) or ``"dynamo"`` (the traced
+    graph; needed for ``with_past=False`` and ``reference``). ``lm_head``: ``"float"`` or ``"8bit"``
+    (lean graphs only: the tied LM head as an 8-bit MixedBitMatMul).
 
     ``accuracy_level`` (0 or 4) is written on every MixedBitMatMul node: 4 lets rows use int8
     activations (``custom_ops/README.md``). ``external_data``: see :func:`~mbq_onnx.export.graph.save_graph`
@@ -174,6 +182,14 @@ def export_artifact(
         )
     if accuracy_level and reference:
         raise ExportError("--accuracy-level applies to mixed-bit exports, not --reference graphs")
+    if graph not in (None, *GRAPH_KINDS):
+        raise ExportError(f"--graph {graph!r}: expected one of {', '.join(GRAPH_KINDS)}")
+    if graph == "lean" and (reference or not with_past):
+        raise ExportError("--graph lean needs a KV-cache mixed-bit export (not --reference or --no-past)")
+    from .lean import LM_HEAD_CHOICES, lean_unsupported
+
+    if lm_head not in LM_HEAD_CHOICES:
+        raise ExportError(f"--lm-head {lm_head!r}: expected one of {', '.join(LM_HEAD_CHOICES)}")
 
     output = Path(output)
     stages = ["load artifact", "trace + export ONNX", "tokenizer, config, op library"] + (
@@ -194,21 +210,34 @@ def export_artifact(
                 f"(the artifact has slice_bits {list(spec.slice_bits)})"
             )
         model, ctx = build_model(art)
+        why_not = lean_unsupported(model.config)
+        if graph is None:  # auto: the lean graph wherever ORT's fused kernels take the model
+            graph = "lean" if with_past and not reference and why_not is None else "dynamo"
+        elif graph == "lean" and why_not:
+            raise ExportError(f"--graph lean: {why_not}; use --graph dynamo")
+        if lm_head != "float" and graph != "lean":
+            raise ExportError(f"--lm-head {lm_head} needs the lean graph (--graph lean)")
         if reference:
             dequantize_model(model, n_ref)
         bar.update()
         with atomic_directory(output, overwrite) as tmp:
             bar.set_postfix_str(stages[1])
-            io = export_graph(
-                model,
-                None if reference else ctx,
-                tmp / MODEL_FILE,
-                with_past=with_past,
-                mixed_bit=not reference,
-                opset=opset,
-                translation_table=None if reference else translation_table(accuracy_level),
-                external_data=external_data,
-            )
+            lean_facts: dict[str, Any] = {}
+            if graph == "lean":
+                io, lean_facts = _export_lean(
+                    model, art, tmp, accuracy_level, lm_head, external_data, bar.set_postfix_str
+                )
+            else:
+                io = export_graph(
+                    model,
+                    None if reference else ctx,
+                    tmp / MODEL_FILE,
+                    with_past=with_past,
+                    mixed_bit=not reference,
+                    opset=opset,
+                    translation_table=None if reference else translation_table(accuracy_level),
+                    external_data=external_data,
+                )
             bar.update()
             bar.set_postfix_str(stages[2])
             tokenizer = copy_tokenizer_files(art.path, tmp)
@@ -226,6 +255,8 @@ def export_artifact(
                     "tau_range": list(TAU_RANGE),
                     "tau_table": art.tau_table,
                     "source": {"artifact": art.path.name, **art.source},
+                    "graph": graph,
+                    **lean_facts,
                 }
             )
             if reference:
@@ -239,6 +270,30 @@ def export_artifact(
     finally:
         bar.close()
     return output
+
+
+def _export_lean(
+    model: nn.Module, art: Any, tmp: Path, accuracy_level: int, lm_head: str, external_data, status
+) -> tuple[GraphIO, dict[str, Any]]:
+    """The lean graph of ``model`` into ``tmp/model.onnx``; returns its I/O and the config facts it adds."""
+    from .graph import save_graph
+    from .lean import build_lean_graph, temp_workdir
+
+    with temp_workdir(tmp) as work:
+        proto, groups, _ = build_lean_graph(
+            model, art.spec, art.granularity, Path(work), accuracy_level=accuracy_level, lm_head=lm_head,
+            tokenizer_dir=art.path, progress=status,
+        )  # fmt: skip
+    save_graph(proto, tmp / MODEL_FILE, external_data, full_check=False)
+    io = GraphIO(tuple(i.name for i in proto.graph.input), tuple(o.name for o in proto.graph.output))
+    facts = {
+        "kv_cache": "shared-buffer",
+        "lm_head": lm_head,
+        "router_groups": [
+            {"name": g.name, "linears": list(g.linears), "weights": list(g.weights)} for g in groups
+        ],
+    }
+    return io, facts
 
 
 def _config_for(

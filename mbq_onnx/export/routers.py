@@ -164,6 +164,7 @@ class _Group:
 @dataclass
 class _State:
     ctx: RoutingContext
+    combine_max: bool = False
     computed: int = 0
     cache: tuple[Any, ...] = ()
     undo: list[Any] = field(default_factory=list)
@@ -200,7 +201,8 @@ def _group_linears(model: nn.Module, names: list[str], state: _State) -> None:
 
         def hook(mod: nn.Module, args: tuple, name: str = name, index: int = index) -> None:
             counts = group.counts_for(args[0], state)
-            counts = counts[..., index] if group.module.members > 1 else counts
+            if group.module.members > 1:
+                counts = counts.amax(-1) if state.combine_max else counts[..., index]
             state.ctx.block_counts[name] = counts  # MixedBitLinear reads its counts from here
             state.record(counts)
 
@@ -235,11 +237,14 @@ def _group_block(layer: nn.Module, state: _State) -> None:
 
 
 @contextmanager
-def grouped_routers(model: nn.Module, ctx: RoutingContext) -> Iterator[_State]:
+def grouped_routers(model: nn.Module, ctx: RoutingContext, combine_max: bool = False) -> Iterator[_State]:
     """Within the block, ``model`` routes through :class:`GroupedRouter` modules (attached beside the
     routed layers as ``router_<members>``, or ``router_block`` on a decoder layer); the original routers
-    are detached and come back on exit. Yields the state; ``state.computed`` counts group evaluations."""
-    state = _State(ctx)
+    are detached and come back on exit. Yields the state; ``state.computed`` counts group evaluations.
+
+    ``combine_max``: every member of a group uses the group's largest count — one decision per shared
+    input, as the lean graph's fused q/k/v and gate/up MixedBitMatMuls need (:mod:`.lean`)."""
+    state = _State(ctx, combine_max)
     try:
         if getattr(model, "mbq_granularity", "linear") == "block":
             for layer in decoder_layers(model):

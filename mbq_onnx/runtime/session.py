@@ -94,12 +94,55 @@ def find_ops_library(model_dir: Path, file_name: str) -> Path:
     )
 
 
+class SharedKVCache:
+    """The KV cache of a lean graph (``docs/export.md``, "Lean graph"): one preallocated OrtValue per layer
+    and kind, bound as both ``past_key_values.{i}.*`` and ``present.{i}.*``, so ``GroupQueryAttention``
+    appends in place and a decode step copies nothing. Capacity doubles (one copy) when a call needs more.
+
+    One cache per sequence batch; ``length`` is the number of positions already in it.
+    """
+
+    def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int = 256):
+        if batch < 1 or capacity < 1:
+            raise ValueError(f"batch and capacity must be >= 1, got {batch} and {capacity}")
+        self.num_layers, self.batch, self.kv_heads, self.head_dim = num_layers, batch, kv_heads, head_dim
+        self.length = 0
+        self.capacity = 0
+        self.buffers: list[ort.OrtValue] = []
+        self.reserve(capacity)
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for ``capacity`` positions (keeps the first ``length``)."""
+        if capacity <= self.capacity:
+            return
+        shape = (self.batch, self.kv_heads, capacity, self.head_dim)
+        new = [np.zeros(shape, np.float32) for _ in range(2 * self.num_layers)]
+        for old, arr in zip(self.buffers, new, strict=False):
+            arr[:, :, : self.length] = old.numpy()[:, :, : self.length]
+        self.buffers = [ort.OrtValue.ortvalue_from_numpy(a) for a in new]
+        self._arrays = new  # the OrtValues borrow these arrays' memory
+        self.capacity = capacity
+        self.bindings: dict[int, Any] = {}  # per session: an IOBinding with these buffers bound
+
+    def arrays(self) -> list[np.ndarray]:
+        """Copies of the filled part, key0, value0, key1, … ``[b, kv_heads, length, head_dim]``."""
+        return [b.numpy()[:, :, : self.length].copy() for b in self.buffers]
+
+
+KVCache = list[np.ndarray] | SharedKVCache
+
+
+def cache_length(past: KVCache) -> int:
+    """Positions held by a KV cache (either kind)."""
+    return past.length if isinstance(past, SharedKVCache) else int(past[0].shape[2])
+
+
 @dataclass
 class StepOutput:
     """One forward call: logits, the new KV cache, slice counts and its wall time."""
 
     logits: np.ndarray  # float32 [b, vocab] at the last position ([b, s, vocab] with all_positions)
-    present: list[np.ndarray]  # key0, value0, key1, value1, ...
+    present: KVCache  # key0, value0, key1, value1, ... (a lean graph: the same SharedKVCache, advanced)
     slice_counts: np.ndarray  # int64 [num_routed, b, s]
     latency_ms: float
 
@@ -146,6 +189,8 @@ class MbqSession:
             f"present.{i}.{kv}" for i in range(self.config.num_layers) for kv in ("key", "value")
         ]
         self.mixed_bit = "tau" in self._input_names
+        #: A lean graph (GenAI builder layout): shared past/present buffers, ``logits_to_keep``.
+        self.shared_kv = "logits_to_keep" in self._input_names
         controls = ("tau", "force_slices") if self.mixed_bit else ()
         missing = [n for n in ("input_ids", *controls) if n not in self._input_names]
         missing += [n for n in ("logits", *self._present_names) if n not in self._output_names]
@@ -171,9 +216,11 @@ class MbqSession:
                 return (tid,)
         return ()
 
-    def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
-        """A past-length-0 KV cache."""
+    def empty_cache(self, batch: int = 1, capacity: int = 256) -> KVCache:
+        """A past-length-0 KV cache (a lean graph's holds ``capacity`` positions before it grows)."""
         c = self.config
+        if self.shared_kv:
+            return SharedKVCache(c.num_layers, batch, c.num_kv_heads, c.head_dim, capacity)
         shape = (batch, c.num_kv_heads, 0, c.head_dim)
         return [np.zeros(shape, np.float32) for _ in range(2 * c.num_layers)]
 
@@ -189,6 +236,8 @@ class MbqSession:
         """One forward call over ``input_ids`` [b, s] continuing ``past`` (``all_positions``: keep the
         logits of every position, e.g. for perplexity, instead of only the last one)."""
         b, s = input_ids.shape
+        if self.shared_kv:
+            return self._run_shared(input_ids, past, tau, force_slices, attention_mask, all_positions)
         past_len = past[0].shape[2]
         if attention_mask is None:
             attention_mask = np.ones((b, past_len + s), np.int64)
@@ -215,6 +264,60 @@ class MbqSession:
             slice_counts=by_name.get("slice_counts", np.zeros((0,), np.int64)),
             latency_ms=latency_ms,
         )
+
+    def _run_shared(
+        self,
+        input_ids: np.ndarray,
+        cache: KVCache,
+        tau: float,
+        force_slices: int,
+        attention_mask: np.ndarray | None,
+        all_positions: bool,
+    ) -> StepOutput:
+        """One call of a lean graph through IOBinding: the cache buffers are bound as past and present."""
+        if not isinstance(cache, SharedKVCache):
+            raise TypeError("this model keeps its KV cache in shared buffers: pass session.empty_cache()")
+        b, s = input_ids.shape
+        if cache.batch != b:
+            raise ValueError(f"input_ids batch {b} does not match the KV cache's batch {cache.batch}")
+        total = cache.length + s
+        if total > cache.capacity:
+            cache.reserve(max(total, 2 * cache.capacity))
+        if attention_mask is None:
+            attention_mask = np.ones((b, total), np.int64)
+        io = cache.bindings.get(id(self.session))
+        if io is None:
+            io = cache.bindings[id(self.session)] = self._bind_cache(cache)
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
+        io.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, np.int64))
+        io.bind_cpu_input("logits_to_keep", np.array(s if all_positions else 1, np.int64))
+        if self.mixed_bit:
+            io.bind_cpu_input("tau", np.array(tau, np.float32))
+            io.bind_cpu_input("force_slices", np.array(force_slices, np.int64))
+        io.bind_output("logits")  # (re)bound each call: ORT allocates them at this call's shape
+        if self.mixed_bit:
+            io.bind_output("slice_counts")
+        t0 = time.perf_counter()
+        self.session.run_with_iobinding(io)
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        outs = io.get_outputs()[-2 if self.mixed_bit else -1 :]
+        cache.length = total
+        logits = outs[0].numpy()
+        return StepOutput(
+            logits=logits if all_positions else logits[:, -1, :],
+            present=cache,
+            slice_counts=outs[1].numpy() if self.mixed_bit else np.zeros((0,), np.int64),
+            latency_ms=latency_ms,
+        )
+
+    def _bind_cache(self, cache: SharedKVCache) -> Any:
+        io = self.session.io_binding()
+        for i in range(self.config.num_layers):
+            for j, kind in enumerate(("key", "value")):
+                buf = cache.buffers[2 * i + j]
+                io.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
+                io.bind_ortvalue_output(f"present.{i}.{kind}", buf)
+        return io
 
     def average_bits(self, slice_counts: np.ndarray) -> float:
         """Unweighted mean of bits(count) over all routed entries (docs/controller.md)."""
