@@ -60,8 +60,9 @@ def mixed_bit_matmul(
 def router_logits(
     x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, pad: float, members: int
 ) -> np.ndarray:
-    """Router logits ``[..., members, S+1]`` (float64) of the ``com.mbq::RouterCounts`` op (custom_ops/README.md):
-    ``silu(([x, pad] / ‖[x, pad]‖) @ W1 + B1) @ W2 + B2``; a zero norm gives ``xn = 0``."""
+    """Router logits ``[..., members, S+1]`` (float64) of the ``com.mbq::RouterCounts`` op
+    (custom_ops/README.md): ``silu(([x, pad] / ‖[x, pad]‖) @ W1 + B1) @ W2 + B2``; a zero norm
+    gives ``xn = 0``."""
     x = np.asarray(x, dtype=np.float64)
     xp = np.concatenate([x, np.full((*x.shape[:-1], 1), float(pad))], axis=-1)
     norm = np.linalg.norm(xp, axis=-1, keepdims=True)
@@ -84,9 +85,9 @@ def router_counts(
     members: int,
     combine: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(counts, margin)``: the int64 output of ``com.mbq::RouterCounts`` and, per output element, the smallest
-    ``|logit - threshold|`` among the comparisons that decided it (float32 kernels may differ from this float64
-    reference only where that margin is within float rounding).
+    """``(counts, margin)``: the int64 output of ``com.mbq::RouterCounts`` and, per output element, the
+    smallest ``|logit - threshold|`` among the comparisons that decided it (float32 kernels may differ from
+    this float64 reference only where that margin is within float rounding).
 
     Per member the count is the first index whose ``logit > threshold`` is false (0 when none is);
     ``combine=1`` takes the max over members, else the shape is ``[..., members]`` (``[...]`` for one member).
