@@ -145,7 +145,11 @@ void load_weights(const Attrs& at, const Value& W1, const Value& B1, const Value
     const float* p = v.template GetTensorData<float>();
     dst.assign(p, p + n);
   };
-  copy(W1, static_cast<size_t>(s1[0]) * H, out.w1);
+  out.Kp = static_cast<int>((s1[0] + 7) / 8 * 8);
+  out.w1t.assign(static_cast<size_t>(H) * out.Kp, 0.f);  // W1^T, rows zero-padded to Kp
+  const float* w1 = W1.template GetTensorData<float>();
+  for (int64_t k = 0; k < s1[0]; ++k)
+    for (int64_t j = 0; j < H; ++j) out.w1t[static_cast<size_t>(j) * out.Kp + k] = w1[static_cast<size_t>(k) * H + j];
   copy(B1, static_cast<size_t>(H), out.b1);
   copy(W2, static_cast<size_t>(H) * C, out.w2);
   copy(B2, static_cast<size_t>(C), out.b2);
@@ -162,7 +166,7 @@ struct Job {
 
 void run_chunk(const Job& j, size_t r0, size_t r1) {
   thread_local std::vector<float> scratch;
-  const size_t need = static_cast<size_t>(j.w->H) + static_cast<size_t>(j.w->M) * j.w->S1;
+  const size_t need = j.w->scratch_floats();
   if (scratch.size() < need) scratch.resize(need);
   j.fn(*j.w, j.thr, j.x, r0, r1, j.out, scratch.data());
 }

@@ -17,11 +17,13 @@ struct RouterWeights {
   int S1 = 0;  // columns per member, S+1
   int combine = 0;
   float pad = 0.f;
-  std::vector<float> w1, b1, w2, b2;  // [K+1][H], [H], [H][M*S1], [M*S1]
+  int Kp = 0;  // K+1 rounded up to a multiple of 8
+  std::vector<float> w1t, b1, w2, b2;  // W1 transposed and zero-padded [H][Kp], [H], [H][M*S1], [M*S1]
+  size_t scratch_floats() const { return static_cast<size_t>(Kp) + H + static_cast<size_t>(M) * S1; }
 };
 
 // Counts of rows [r0, r1) of x [rows, K]: out is [rows, M] (combine 0) or [rows] (combine 1);
-// scratch holds H + M*S1 floats.
+// scratch holds scratch_floats() floats.
 using RouterRowsFn = void (*)(const RouterWeights& w, const float* thresholds, const float* x, size_t r0, size_t r1,
                               int64_t* out, float* scratch);
 void router_rows_ref(const RouterWeights&, const float*, const float*, size_t, size_t, int64_t*, float*);

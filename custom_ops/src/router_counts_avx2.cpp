@@ -1,4 +1,5 @@
 // RouterCounts row kernel compiled with -mavx2 -mfma (x86-64 only; called after a CPUID check).
+#define MBQ_ROUTER_AVX2 1
 #include "router_kernel.h"
 
 namespace mbq {
