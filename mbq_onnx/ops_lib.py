@@ -1,4 +1,4 @@
-"""Locate and register the ``libmbq_ops`` custom-op library (``com.mbq::MixedBitMatMul``).
+"""Locate and register the ``libmbq_ops`` custom-op library (``com.mbq::MixedBitMatMul``, ``RouterCounts``).
 
 Torch-free: used by the runtime, the exporter and the tests.
 """

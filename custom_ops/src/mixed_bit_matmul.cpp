@@ -1,4 +1,5 @@
-// The com.mbq::MixedBitMatMul ONNX Runtime custom op (contract: custom_ops/README.md).
+// The com.mbq::MixedBitMatMul ONNX Runtime custom op (contract: custom_ops/README.md), and the
+// library entry point RegisterCustomOps (MixedBitMatMul + RouterCounts, router_counts.cpp).
 // Validation and threading live here; the math lives in the per-ISA kernel tables.
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_cxx_api.h>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "mbq_kernels.h"
+#include "router_counts.h"
 
 namespace {
 
@@ -403,6 +405,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
     std::lock_guard<std::mutex> lock(mu);
     Ort::CustomOpDomain domain(kDomain);
     domain.Add(&op);
+    domain.Add(mbq::router_counts_op());
     Ort::UnownedSessionOptions so(options);
     so.Add(domain);
     domains.push_back(std::move(domain));

@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m mbq_onnx.export",
         description="Export a calibrated mbq artifact to an ONNX Runtime model directory: model.onnx with "
         "one "
-        "com.mbq::MixedBitMatMul node per quantized linear, routers as standard ops, a runtime "
+        "com.mbq::MixedBitMatMul node per quantized linear, one com.mbq::RouterCounts node per router "
+        "group, a runtime "
         "threshold input `tau` and a `force_slices` input, optimum-style KV-cache I/O, plus "
         "mbq_config.json, the tokenizer files and the op library.",
         epilog="Example: python -m mbq_onnx.export --artifact ARTIFACT_DIR --output MODEL_DIR --ort",

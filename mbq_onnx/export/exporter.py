@@ -1,8 +1,8 @@
 """Artifact → exported model directory (``docs/architecture.md``, "Exported model dir").
 
 :func:`export_artifact` builds the mixed-bit PyTorch model of a calibrated artifact, traces it to
-``model.onnx`` (one ``com.mbq::MixedBitMatMul`` per quantized linear, routers as standard ops,
-``tau``/``force_slices`` inputs, ``slice_counts`` output), and writes ``mbq_config.json``, the
+``model.onnx`` (one ``com.mbq::MixedBitMatMul`` per quantized linear, one ``com.mbq::RouterCounts`` per
+router group, ``tau``/``force_slices`` inputs, ``slice_counts`` output), and writes ``mbq_config.json``, the
 tokenizer files and the op library beside it — atomically (a temporary directory renamed into
 place). ``reference=True`` exports the same model as a standard-op float graph with dequantized
 weights at a fixed slice count; :func:`export_float_model` exports a plain transformers model.

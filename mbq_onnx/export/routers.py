@@ -1,27 +1,31 @@
-"""Export-time router graph: every set of routers that reads the same tensor runs as one small
-standard-op subgraph.
+"""Export-time router graph: every set of routers that reads the same tensor runs as one fused
+``com.mbq::RouterCounts`` node (contract: ``custom_ops/README.md``, "RouterCounts").
 
 Per-linear routers on one input (q/k/v of a LLaMA layer read the same normed hidden states, so do
 gate/up) form a group; a per-block router is a group of one. :func:`grouped_routers` swaps the
 model's routing for one :class:`GroupedRouter` per group while the exporter traces, and each
-group becomes one ``mbq::router_counts`` call, translated to::
+group becomes one ``mbq::router_counts`` call, translated to one ``RouterCounts`` node (then a
+``Gather`` per member). Per row ``x [K]`` the op computes::
 
-    Pad → LpNormalization → MatMul → Add → Sigmoid, Mul → MatMul → Add [→ Reshape] → Greater → Cast → ArgMin
+    xp = [x, pad];  xn = xp / ‖xp‖;  h = silu(xn @ W1 + B1);  logits = (h @ W2 + B2) as [members, S+1]
+    count_m = first index j with not (logits[m, j] > thresholds[j])   (0 if there is none)
 
-then a ``Gather`` per member. The maths is the model's (``SliceRouter`` + ``slice_counts`` +
-``apply_force``), rearranged so the graph needs fewer nodes (ORT's per-node cost dominates a router):
+(``combine=1`` would return the max over members; the exporter uses ``combine=0``). This is the
+model's maths (``SliceRouter`` + ``slice_counts`` + ``apply_force``), rearranged so that one small
+node evaluates a whole group (ORT's per-node cost dominated the former ~12-op standard subgraph):
 
 - RMS norm: ``x·rsqrt(mean(x²)+eps) = √K · [x, c] / ‖[x, c]‖`` with ``c = √(K·eps)`` appended
-  (``Pad``); ``√K`` is folded into fc1, whose extra input row is zero.
-- fc1 of the members concatenated, fc2 block-diagonal: one MatMul each for the group.
+  (``pad``); ``√K`` is folded into fc1, whose extra input row is zero.
+- fc1 of the members concatenated, fc2 block-diagonal: one product each for the group.
 - Counting: per member the logits get a ``+inf`` column in front and a ``-inf`` column behind (fc2
   bias, zero weights); with the thresholds ``[0, t, …, t, 0]`` the comparison gives
-  ``[1, on_1, …, on_{S-1}, 0]`` and its first zero (``ArgMin``, first minimal index) is the count.
+  ``[1, on_1, …, on_{S-1}, 0]`` and its first zero (first minimal index, as ``ArgMin``) is the count.
 - ``force_slices`` is folded into the thresholds, computed once per graph: ``-inf`` (on) for the
   first ``k-1`` residual slices and ``+inf`` (off) for the rest.
 
 Decisions are those of the model up to float rounding (the same category as ORT's and torch's
-MatMuls summing in different orders); forced counts differ only for non-finite router logits.
+float32 products summing in different orders); forced counts differ only for non-finite router logits.
+The NumPy reference of the op is ``mbq_onnx.quant.reference.router_counts``.
 """
 
 from __future__ import annotations
@@ -43,24 +47,37 @@ OP_NAME = "mbq::router_counts"
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
 def router_counts(
-    x: Tensor, thresholds: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, pad: float, members: int
+    x: Tensor,
+    thresholds: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    pad: float,
+    members: int,
+    combine: int = 0,
 ) -> Tensor:
-    """Slice counts of ``members`` routers on ``x [..., K]``: int64 ``[..., members]`` (``[...]`` for one).
+    """Slice counts of ``members`` routers on ``x [..., K]``: int64 ``[..., members]`` (``[...]`` for one), or
+    with ``combine=1`` ``[...]``, the max over members (one decision for linears fused into one matmul).
 
     ``w1 [K+1, Σh]``, ``b1 [Σh]``, ``w2 [Σh, members·(S+1)]``, ``b2 [members·(S+1)]`` and ``pad`` as built by
-    :class:`GroupedRouter`; ``thresholds [S+1]`` from :func:`routing_thresholds`.
+    :class:`GroupedRouter`; ``thresholds [S+1]`` from :func:`routing_thresholds`. Same semantics as the ONNX
+    op ``com.mbq::RouterCounts`` it is exported as.
     """
+    if combine not in (0, 1):
+        raise ValueError(f"router_counts: combine is {combine!r}, expected 0 or 1")
     xp = nn.functional.pad(x.float(), (0, 1), value=pad)
     xn = xp / torch.linalg.vector_norm(xp, dim=-1, keepdim=True)
     logits = nn.functional.silu(xn @ w1 + b1) @ w2 + b2
-    if members > 1:
-        logits = logits.unflatten(-1, (members, -1))
-    return (logits > thresholds).to(torch.uint8).argmin(-1)
+    counts = (logits.unflatten(-1, (members, -1)) > thresholds).to(torch.uint8).argmin(-1)
+    if combine:
+        return counts.amax(-1)
+    return counts if members > 1 else counts.squeeze(-1)
 
 
 @router_counts.register_fake
-def _(x, thresholds, w1, b1, w2, b2, pad, members):
-    shape = (*x.shape[:-1], members) if members > 1 else x.shape[:-1]
+def _(x, thresholds, w1, b1, w2, b2, pad, members, combine=0):
+    shape = (*x.shape[:-1], members) if members > 1 and not combine else x.shape[:-1]
     return x.new_empty(shape, dtype=torch.int64)
 
 

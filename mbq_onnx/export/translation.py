@@ -1,5 +1,5 @@
 """onnxscript translations: ``torch.ops.mbq.mixed_bit_matmul`` into one ``com.mbq::MixedBitMatMul`` node, the
-export-time ``torch.ops.mbq.router_counts`` (``routers.py``) into its standard-op subgraph."""
+export-time ``torch.ops.mbq.router_counts`` (``routers.py``) into one ``com.mbq::RouterCounts`` node."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import onnx
 import onnxscript
 
 from .schema import DOMAIN, OP_VERSION, register_schema
@@ -50,23 +49,20 @@ def mixed_bit_matmul(
 
 
 def router_counts(
-    x: Any, thresholds: Any, w1: Any, b1: Any, w2: Any, b2: Any, pad: float, members: int
+    x: Any,
+    thresholds: Any,
+    w1: Any,
+    b1: Any,
+    w2: Any,
+    b2: Any,
+    pad: float,
+    members: int,
+    combine: int = 0,
 ) -> Any:
-    """``mbq::router_counts`` (see ``routers.py``) as standard ops: Pad, LpNormalization, MatMul, Add,
-    Sigmoid, Mul, MatMul, Add, [Reshape,] Greater, Cast, ArgMin."""
-    xp = op.Pad(
-        x,
-        op.Constant(value_ints=[0, 1]),
-        op.Constant(value_float=float(pad)),
-        op.Constant(value_ints=[-1]),
-    )
-    pre = op.Add(op.MatMul(op.LpNormalization(xp, axis=-1, p=2), w1), b1)
-    logits = op.Add(op.MatMul(op.Mul(pre, op.Sigmoid(pre)), w2), b2)
-    if members > 1:
-        keep = [0] * (len(x.shape) - 1)  # Reshape's 0 copies the dimension
-        logits = op.Reshape(logits, op.Constant(value_ints=[*keep, int(members), -1]))
-    on = op.Cast(op.Greater(logits, thresholds), to=onnx.TensorProto.UINT8)
-    return op.ArgMin(on, axis=-1, keepdims=0, select_last_index=0)
+    """``mbq::router_counts`` (see ``routers.py``) as one ``com.mbq::RouterCounts`` node
+    (custom_ops/README.md); ``combine`` 0 (the op's default) is not written."""
+    extra = {"combine": int(combine)} if combine else {}
+    return mbq.RouterCounts(x, thresholds, w1, b1, w2, b2, pad=float(pad), members=int(members), **extra)
 
 
 def prims_prod(x: Any, dims: Sequence[int] | None = None, output_dtype: Any = None) -> Any:

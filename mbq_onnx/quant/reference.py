@@ -55,3 +55,56 @@ def mixed_bit_matmul(
         sel = counts == count
         out[sel] = rows[sel] @ dequantize(codes, scales, zeros, spec, int(count)).T
     return out.reshape(*a.shape[:-1], n)
+
+
+def router_logits(
+    x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, pad: float, members: int
+) -> np.ndarray:
+    """Router logits ``[..., members, S+1]`` (float64) of the ``com.mbq::RouterCounts`` op
+    (custom_ops/README.md): ``silu(([x, pad] / ‖[x, pad]‖) @ W1 + B1) @ W2 + B2``; a zero norm
+    gives ``xn = 0``."""
+    x = np.asarray(x, dtype=np.float64)
+    xp = np.concatenate([x, np.full((*x.shape[:-1], 1), float(pad))], axis=-1)
+    norm = np.linalg.norm(xp, axis=-1, keepdims=True)
+    xn = np.divide(xp, norm, out=np.zeros_like(xp), where=norm > 0)
+    pre = xn @ np.asarray(w1, np.float64) + np.asarray(b1, np.float64)
+    h = pre / (1.0 + np.exp(-pre))
+    with np.errstate(invalid="ignore"):  # the ±inf bias columns
+        logits = h @ np.asarray(w2, np.float64) + np.asarray(b2, np.float64)
+    return logits.reshape(*x.shape[:-1], members, logits.shape[-1] // members)
+
+
+def router_counts(
+    x: np.ndarray,
+    thresholds: np.ndarray,
+    w1: np.ndarray,
+    b1: np.ndarray,
+    w2: np.ndarray,
+    b2: np.ndarray,
+    pad: float,
+    members: int,
+    combine: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts, margin)``: the int64 output of ``com.mbq::RouterCounts`` and, per output element, the
+    smallest ``|logit - threshold|`` among the comparisons that decided it (float32 kernels may differ from
+    this float64 reference only where that margin is within float rounding).
+
+    Per member the count is the first index whose ``logit > threshold`` is false (0 when none is);
+    ``combine=1`` takes the max over members, else the shape is ``[..., members]`` (``[...]`` for one member).
+    """
+    logits = router_logits(x, w1, b1, w2, b2, pad, members)
+    thr = np.asarray(thresholds, np.float64)
+    on = logits > thr
+    counts = np.argmin(on, axis=-1).astype(np.int64)
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(logits - thr)
+    gap = np.where(np.isnan(gap), np.inf, gap)
+    # Comparisons up to (and including) the first off one decide the count.
+    idx = np.arange(thr.shape[-1])
+    decided = idx <= np.where(on.all(-1), thr.shape[-1] - 1, counts)[..., None]
+    margin = np.where(decided, gap, np.inf).min(-1)
+    if combine:
+        return counts.max(-1), margin.min(-1)
+    if members == 1:
+        return counts[..., 0], margin[..., 0]
+    return counts, margin

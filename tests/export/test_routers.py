@@ -1,6 +1,6 @@
 """Export-time grouped routers (``mbq_onnx/export/routers.py``): same decisions as the model's own
 routers (eager, per-linear and per-block), the model restored afterwards, and the exported router graph
-(one small standard-op subgraph per group of routers reading the same tensor)."""
+(one ``com.mbq::RouterCounts`` node per group of routers reading the same tensor)."""
 
 from __future__ import annotations
 
@@ -85,18 +85,23 @@ def test_groups_follow_the_shared_inputs(tiny_torch):
 
 
 def test_exported_router_graph(tiny_export, tiny_torch):
-    """One Pad/LpNormalization/ArgMin per group, fc1 and fc2 one MatMul each; no cumprod (ReduceProd) and
-    no per-router force Where."""
+    """One RouterCounts node per group (combine=0, members = the group's size), none of the former
+    standard-op chain; no cumprod (ReduceProd) and no per-router force Where."""
     model, ctx = tiny_torch
     groups = router_groups(model, ctx)
     proto = onnx.load(str(tiny_export / "model.onnx"))
     ops = Counter(n.op_type for n in proto.graph.node)
-    assert ops["ArgMin"] == ops["LpNormalization"] == ops["Pad"] == len(groups)
+    routers = [n for n in proto.graph.node if n.op_type == "RouterCounts"]
+    assert len(routers) == len(groups) and all(n.domain == "com.mbq" for n in routers)
+    members = sorted(onnx.helper.get_node_attr_value(n, "members") for n in routers)
+    assert members == sorted(len(g) for g in groups)
+    assert all(a.name != "combine" for n in routers for a in n.attribute)
+    assert ops["ArgMin"] == ops["LpNormalization"] == ops["Pad"] == 0
     assert ops["ReduceProd"] == 0 and ops["Where"] < len(groups)
     router_inits = {i.name.rsplit(".", 1)[0] for i in proto.graph.initializer if ".router_" in i.name}
     assert "model.layers.0.self_attn.router_q_k_v" in router_inits
     assert len(router_inits) == len(groups)
     producers = {o: n.op_type for n in proto.graph.node for o in n.output}
     counts_from = Counter(producers[n.input[1]] for n in proto.graph.node if n.op_type == "MixedBitMatMul")
-    assert set(counts_from) == {"ArgMin", "Gather"}
-    assert counts_from["ArgMin"] == sum(len(g) == 1 for g in groups)
+    assert set(counts_from) == {"RouterCounts", "Gather"}
+    assert counts_from["RouterCounts"] == sum(len(g) == 1 for g in groups)

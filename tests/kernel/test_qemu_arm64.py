@@ -1,4 +1,5 @@
-"""MixedBitMatMul on linux-aarch64: the NEON kernels in the real arm64 ONNX Runtime, under qemu-user.
+"""MixedBitMatMul (and RouterCounts) on linux-aarch64: the NEON kernels in the real arm64 ONNX Runtime,
+under qemu-user.
 
 Cross builds ``libmbq_ops.so`` and the ``mbq_run_model`` driver (``tools/build_ops.py --flavour
 aarch64``), writes the kernel correctness cases (``cases.py``: every slice configuration and
@@ -27,6 +28,8 @@ import numpy as np
 import onnx
 import pytest
 from cases import SLICE_CONFIGS, Case, Weights, make_model, standard_cases
+from router_cases import assert_counts_match
+from router_cases import fuzz_cases as router_fuzz_cases
 
 from mbq_onnx.quant.reference import mixed_bit_matmul
 from mbq_onnx.quant.spec import QuantSpec
@@ -150,6 +153,12 @@ def q8_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, C
     return write_cases(tmp_path_factory.mktemp("arm64_q8_cases"), int8_cases())
 
 
+@pytest.fixture(scope="module")
+def router_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Case]]:
+    """RouterCounts fuzz cases (one feed per model: 54 cases)."""
+    return write_cases(tmp_path_factory.mktemp("arm64_router_cases"), router_fuzz_cases(seed=1, per_model=1))
+
+
 def run_arm64(
     build: tuple[Path, Path],
     dirs: list[Path],
@@ -264,3 +273,20 @@ def test_unavailable_kernel_is_refused(arm64_build, case_dirs, tmp_path, kernel,
     assert f"{d}: error:" in stdout, stdout
     message = (d / "out_refused" / "error.txt").read_text()
     assert "MixedBitMatMul: MBQ_KERNEL names a kernel that is not available" in message, message
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_router_counts_matches_reference(arm64_build, router_dirs, tmp_path, threads):
+    """RouterCounts (portable row loop, NEON by auto-vectorisation) on arm64 agrees with the float64
+    reference on every fuzz case, on one thread and split over ORT's intra-op pool."""
+    stdout = run_arm64(
+        arm64_build, [d for d, _ in router_dirs.values()], tmp_path, kernel=None, cpu=CPU_V80, threads=threads
+    )
+    errors = [
+        f"{name}: {(d / 'outputs' / 'error.txt').read_text().strip()}"
+        for name, (d, _) in router_dirs.items()
+        if f"{d}: ok" not in stdout
+    ]
+    assert not errors, "arm64 runs failed:\n" + "\n".join(errors)
+    for name, (d, case) in router_dirs.items():
+        assert_counts_match(name, np.load(d / "outputs" / "counts.npy"), case)

@@ -120,12 +120,22 @@ def run_suite_sanitized(lib: Path, *pytest_args: str) -> subprocess.CompletedPro
     )
 
 
-def test_kernel_suite_under_asan_ubsan(asan_lib):
-    """Every kernel test passes with the sanitized library and no sanitizer reports."""
-    proc = run_suite_sanitized(asan_lib)
+def _assert_clean(proc: subprocess.CompletedProcess[str]) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode != 5, f"the sanitizer run collected no kernel tests:\n{output[-4000:]}"
     assert proc.returncode == 0, (
         f"kernel tests failed under ASan/UBSan (exit {proc.returncode}):\n{sanitizer_report(output)}"
     )
     assert "AddressSanitizer" not in output and "runtime error:" not in output, sanitizer_report(output)
+
+
+def test_router_counts_under_asan_ubsan(asan_lib):
+    """The RouterCounts tests alone (fuzz cases, errors, zero rows, threads) with the sanitized library:
+    a quick check of that op (``-k router``); the full suite below runs them again."""
+    _assert_clean(run_suite_sanitized(asan_lib, "-k", "router"))
+
+
+def test_kernel_suite_under_asan_ubsan(asan_lib):
+    """Every kernel test (MixedBitMatMul and RouterCounts) passes with the sanitized library and no
+    sanitizer reports."""
+    _assert_clean(run_suite_sanitized(asan_lib))
