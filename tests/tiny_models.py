@@ -94,3 +94,15 @@ def make_tiny_artifact(
         source={"model": "tiny-random-llama", "seed": seed},
         tokenizer=tokenizer_dir,
     )
+
+
+def write_byte_tokenizer(folder: Path) -> None:
+    """A byte-level tokenizer.json with exactly 256 tokens (one per byte), no merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))

@@ -82,6 +82,7 @@ class RouterGroup:
 
 def run_builder(hf_dir: Path, out_dir: Path, cache_dir: Path) -> Path:
     """``python -m onnxruntime_genai.models.builder -p fp32 -e cpu`` on ``hf_dir``; returns the graph path."""
+    hf_dir, out_dir, cache_dir = (Path(p).resolve() for p in (hf_dir, out_dir, cache_dir))
     cmd = [
         sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out_dir),
         "-p", "fp32", "-e", "cpu", "-c", str(cache_dir), "--extra_options", "hf_token=false",
@@ -166,8 +167,8 @@ def _thresholds(graph: _Graph, num_slices: int) -> str:
     graph.node("Where", [p + "on", c("ninf", -np.inf), c("pinf", np.inf)], [p + "thr_force"], p + "WhereF")
     graph.node("Greater", ["force_slices", c("zero_i", 0, np.int64)], [p + "forced"], p + "Forced")
     graph.node("Where", [p + "forced", p + "thr_force", p + "thr_tau"], [p + "thr"], p + "Where")
-    graph.node("Concat", [c("zero", [0.0]), p + "thr", c("zero", [0.0])], ["/mbq/thresholds"], p + "Concat",
-               axis=0)  # fmt: skip
+    zero = c("zero", [0.0])
+    graph.node("Concat", [zero, p + "thr", zero], ["/mbq/thresholds"], p + "Concat", axis=0)
     return "/mbq/thresholds"
 
 
@@ -215,8 +216,8 @@ def rewrite_graph(
     count_outputs: list[str] = []
     S = spec.num_slices
     thresholds = _thresholds(graph, S) if granularity != "none" else None
-    graph.init("/mbq/S", np.asarray(S, np.int64))
-    if granularity == "none":  # every row at force_slices (clamped to 1..S), or S when 0
+    if granularity == "none":
+        graph.init("/mbq/S", np.asarray(S, np.int64))  # every row at force_slices (clamped to 1..S), or S when 0
         graph.node("Clip", ["force_slices", graph.init("/mbq/one_i", np.asarray(1, np.int64)), "/mbq/S"],
                    ["/mbq/force_clipped"], "/mbq/ForceClip")  # fmt: skip
         graph.node("Greater", ["force_slices", graph.init("/mbq/zero_i", np.asarray(0, np.int64))],

@@ -6,7 +6,6 @@ model: logits, slice decisions, cached greedy decoding and perplexity. Unsupport
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import onnx
 import pytest
 import torch
 from export_testlib import TINY_LOGITS_ATOL, OrtLM, torch_forward
-from tiny_models import make_tiny_decoder
+from tiny_models import make_tiny_decoder, write_byte_tokenizer
 
 from mbq_onnx.assets import load_model
 from mbq_onnx.calibrate import CalibConfig, calibrate, write_artifact
@@ -36,15 +35,6 @@ EXPECTED_WINDOWS = {"qwen2": [None, WINDOW], "mistral": [WINDOW, WINDOW]}
 SPEC = QuantSpec((4, 2, 2), 16)
 CALIB = CalibConfig(samples=4, seqlen=16, base_epochs=1, epochs=1, batch_size=2, router_hidden=8)
 PPL_RTOL = 1e-3
-
-
-def _byte_tokenizer_writer():
-    """``write_byte_tokenizer`` of the runtime tests' builder, loaded by path (as tools/ does)."""
-    path = Path(__file__).parents[1] / "runtime" / "runtime_testlib.py"
-    spec = importlib.util.spec_from_file_location("mbq_runtime_testlib", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_byte_tokenizer
 
 
 @dataclass
@@ -71,7 +61,7 @@ def pipeline(request, tmp_path_factory) -> Pipeline:
     root = tmp_path_factory.mktemp(family)
     hf_dir = root / "hf"
     make_tiny_decoder(family, seed=0, **FAMILIES[family]).save_pretrained(hf_dir)
-    _byte_tokenizer_writer()(root / "tok")
+    write_byte_tokenizer(root / "tok")
     PreTrainedTokenizerFast(tokenizer_file=str(root / "tok" / "tokenizer.json")).save_pretrained(hf_dir)
     model, tokenizer = load_model(hf_dir)
     ids = torch.randint(0, 256, (CALIB.samples, CALIB.seqlen), generator=torch.Generator().manual_seed(0))

@@ -26,18 +26,6 @@ def _tiny_models():
     return module
 
 
-def write_byte_tokenizer(folder: Path) -> None:
-    """A byte-level tokenizer.json with exactly 256 tokens (one per byte), no merges."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-
-
 def build_exported_model(
     root: Path,
     hidden: int = 512,
@@ -67,7 +55,7 @@ def build_exported_model(
     quantize_model(model, spec, granularity="linear", router_hidden=8, seed=seed)
     tiny.make_router_spread(model, seed)  # different tokens and τ pick different slice counts
     tok_dir = root / "tokenizer"
-    write_byte_tokenizer(tok_dir)
+    tiny.write_byte_tokenizer(tok_dir)
     artifact = save_artifact(
         root / "artifact",
         model,
