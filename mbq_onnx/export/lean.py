@@ -280,13 +280,12 @@ def rewrite_graph(
         helper.make_tensor_value_info("tau", TensorProto.FLOAT, []),
         helper.make_tensor_value_info("force_slices", TensorProto.INT64, []),
     ])  # fmt: skip
-    if count_outputs:
-        unsq = []
-        for j, c in enumerate(count_outputs):
-            graph.node("Unsqueeze", [c, graph.init("/mbq/axis0", np.array([0]))] if j == 0 else
-                       [c, "/mbq/axis0"], [c + "/u"], c + "/Unsqueeze")  # fmt: skip
-            unsq.append(c + "/u")
-        graph.node("Concat", unsq, ["slice_counts"], "/mbq/slice_counts", axis=0)
+    if count_outputs:  # [b, s] each → Concat [G·b, s] → Reshape [G, b, s]: two nodes, not one per group
+        graph.node("Concat", count_outputs, ["/mbq/counts_flat"], "/mbq/CountsConcat", axis=0)
+        graph.node("Shape", ["input_ids"], ["/mbq/ids_shape"], "/mbq/IdsShape")
+        groups_dim = graph.init("/mbq/num_groups", np.array([len(count_outputs)]))
+        graph.node("Concat", [groups_dim, "/mbq/ids_shape"], ["/mbq/counts_shape"], "/mbq/CountsShape", axis=0)
+        graph.node("Reshape", ["/mbq/counts_flat", "/mbq/counts_shape"], ["slice_counts"], "/mbq/slice_counts")
     else:  # no routers: report the fixed count once, shaped [1, b, s]
         graph.node("Shape", ["input_ids"], ["/mbq/ids_shape"], "/mbq/IdsShape")
         graph.node("Expand", ["/mbq/fixed", "/mbq/ids_shape"], ["/mbq/fixed_bs"], "/mbq/FixedBS")

@@ -17,7 +17,7 @@ from .controller import (
 )
 from .generate import GenerationResult, Sampling, StepRecord, generate
 from .probe import load_or_probe, measure_map
-from .session import MbqSession, ModelConfig, ModelDirError
+from .session import MbqSession, ModelConfig, ModelDirError, SharedKVCache, cache_length
 
 __all__ = [
     "FIXED",
@@ -35,7 +35,9 @@ __all__ = [
     "ModelConfig",
     "ModelDirError",
     "Sampling",
+    "SharedKVCache",
     "StepRecord",
+    "cache_length",
     "generate",
     "load_or_probe",
     "measure_map",
