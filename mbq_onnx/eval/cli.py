@@ -416,6 +416,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     if artifact is not None:
         mbq = V.load_mobiquant(artifact)
+        # τ rows route as the ORT export will: the lean graph decides once per fused group (max)
+        from mbq_onnx.export.lean import lean_unsupported
+
+        combine_max = lean_unsupported(mbq[0].config) is None
         if not args.no_uniform:
             for k in range(1, spec.num_slices + 1):
                 maybe(
@@ -424,7 +428,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
         for tau in taus:
             maybe(
-                V.label("mbq-tau", tau=tau), lambda tau=tau: V.eval_mbq_tau(setup, artifact, tau, model=mbq)
+                V.label("mbq-tau", tau=tau),
+                lambda tau=tau: V.eval_mbq_tau(setup, artifact, tau, model=mbq, combine_max=combine_max),
             )
     if ort_settings is not None:
         mbq_model = mbq if artifact is not None else None

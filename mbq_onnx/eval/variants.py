@@ -6,6 +6,7 @@ float32 · bit-specific RTN / GPTQ (fake-quantized float models) · MoBiQuant at
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from mbq_onnx.baselines import (
     quantized_model_bytes,
     rtn_quantize_model,
 )
+from mbq_onnx.export.routers import grouped_routers
 from mbq_onnx.model.artifact import Artifact, build_model
 from mbq_onnx.model.linear import MixedBitLinear, decoder_layers, iter_mixed_bit_linears
 from mbq_onnx.model.routing import RoutingContext
@@ -311,9 +313,16 @@ def eval_mbq_uniform(
 
 
 def eval_mbq_tau(
-    setup: EvalSetup, artifact: Artifact, tau: float, model: tuple[nn.Module, RoutingContext] | None = None
+    setup: EvalSetup,
+    artifact: Artifact,
+    tau: float,
+    model: tuple[nn.Module, RoutingContext] | None = None,
+    combine_max: bool = False,
 ) -> dict[str, Any]:
-    """MoBiQuant with routers deciding per token at threshold ``tau``; average bits from the routed counts."""
+    """MoBiQuant with routers deciding per token at threshold ``tau``; average bits from the routed counts.
+
+    ``combine_max``: routers that share an input decide once, at their largest count — the rule of the lean
+    graph's fused linears (``mbq_onnx.export.lean``), so PyTorch and ORT rows measure the same model."""
     if not 0.0 < tau < 1.0:
         raise ValueError(f"tau {tau} must lie strictly between 0 and 1")
     if artifact.granularity == "none":
@@ -330,7 +339,8 @@ def eval_mbq_tau(
         return out
 
     try:
-        results = setup.run(fn, label("mbq-tau", tau=tau), meter.average, reset=meter.reset)
+        with grouped_routers(m, ctx, combine_max=True) if combine_max else contextlib.nullcontext():
+            results = setup.run(fn, label("mbq-tau", tau=tau), meter.average, reset=meter.reset)
     finally:
         meter.close()
         ctx.tau, ctx.force_slices = old_tau, old_force

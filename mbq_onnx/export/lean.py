@@ -216,8 +216,8 @@ def rewrite_graph(
     count_outputs: list[str] = []
     S = spec.num_slices
     thresholds = _thresholds(graph, S) if granularity != "none" else None
-    if granularity == "none":
-        graph.init("/mbq/S", np.asarray(S, np.int64))  # every row at force_slices (clamped to 1..S), or S when 0
+    if granularity == "none":  # every row at force_slices (clamped to 1..S), or S when 0
+        graph.init("/mbq/S", np.asarray(S, np.int64))
         graph.node("Clip", ["force_slices", graph.init("/mbq/one_i", np.asarray(1, np.int64)), "/mbq/S"],
                    ["/mbq/force_clipped"], "/mbq/ForceClip")  # fmt: skip
         graph.node("Greater", ["force_slices", graph.init("/mbq/zero_i", np.asarray(0, np.int64))],
@@ -284,8 +284,9 @@ def rewrite_graph(
         graph.node("Concat", count_outputs, ["/mbq/counts_flat"], "/mbq/CountsConcat", axis=0)
         graph.node("Shape", ["input_ids"], ["/mbq/ids_shape"], "/mbq/IdsShape")
         groups_dim = graph.init("/mbq/num_groups", np.array([len(count_outputs)]))
-        graph.node("Concat", [groups_dim, "/mbq/ids_shape"], ["/mbq/counts_shape"], "/mbq/CountsShape", axis=0)
-        graph.node("Reshape", ["/mbq/counts_flat", "/mbq/counts_shape"], ["slice_counts"], "/mbq/slice_counts")
+        shape = "/mbq/counts_shape"
+        graph.node("Concat", [groups_dim, "/mbq/ids_shape"], [shape], "/mbq/CountsShape", axis=0)
+        graph.node("Reshape", ["/mbq/counts_flat", shape], ["slice_counts"], "/mbq/slice_counts")
     else:  # no routers: report the fixed count once, shaped [1, b, s]
         graph.node("Shape", ["input_ids"], ["/mbq/ids_shape"], "/mbq/IdsShape")
         graph.node("Expand", ["/mbq/fixed", "/mbq/ids_shape"], ["/mbq/fixed_bs"], "/mbq/FixedBS")
