@@ -103,10 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--lm-head",
-        choices=("float", "8bit"),
+        choices=("float", "8bit", "mixed"),
         default="float",
-        help="the tied LM head: float32 (default) or 8-bit RTN as a MixedBitMatMul (lean graph only; "
-        "GenAI and llama.cpp quantize it too)",
+        help="the tied LM head (lean graph only; GenAI and llama.cpp quantize it too): float32 (default), "
+        "8bit (RTN, one slice), or mixed (RTN in the artifact's slices; each token's head runs at the "
+        "rounded mean of that token's routing decisions, so a 4-bit token reads a 4-bit head)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -162,8 +162,8 @@ def export_artifact(
 
     ``graph``: ``"lean"`` (the default for KV-cache mixed-bit exports: GenAI's builder layout with fused
     ORT ops and shared past/present buffers, :mod:`mbq_onnx.export.lean`) or ``"dynamo"`` (the traced
-    graph; needed for ``with_past=False`` and ``reference``). ``lm_head``: ``"float"`` or ``"8bit"``
-    (lean graphs only: the tied LM head as an 8-bit MixedBitMatMul).
+    graph; needed for ``with_past=False`` and ``reference``). ``lm_head``: ``"float"``, ``"8bit"`` or
+    ``"mixed"`` (lean graphs only, :data:`mbq_onnx.export.lean.LM_HEAD_CHOICES`).
 
     ``accuracy_level`` (0 or 4) is written on every MixedBitMatMul node: 4 lets rows use int8
     activations (``custom_ops/README.md``). ``external_data``: see :func:`~mbq_onnx.export.graph.save_graph`

@@ -46,8 +46,9 @@ from ..quant.residual import minmax_params, quantize_linear
 from ..quant.spec import QuantSpec
 from .schema import DOMAIN, OP_VERSION, register_schema
 
-#: Accepted values of the LM-head option: keep float32, or 8-bit RTN (groups of the artifact's size).
-LM_HEAD_CHOICES = ("float", "8bit")
+#: Accepted values of the LM-head option: keep float32; 8-bit RTN (groups of the artifact's size); or
+#: "mixed": RTN codes in the artifact's slices, each row at the rounded mean of its token's slice counts.
+LM_HEAD_CHOICES = ("float", "8bit", "mixed")
 #: Attention / MLP linears of a LLaMA-style decoder layer, as the builder names its MatMul weights.
 _ATTN, _MLP = "self_attn", "mlp"
 
@@ -193,9 +194,12 @@ def _fixed_count(graph: _Graph, like: str, value: str, name: str) -> str:
     return f"{name}/counts"
 
 
-def _quantize_head(weight_kn: np.ndarray, group_size: int) -> tuple[QuantSpec, tuple[np.ndarray, ...]]:
-    """8-bit RTN (asymmetric min/max per output channel and group) of an LM head stored ``[K, N]``."""
-    spec = QuantSpec((8,), group_size)
+def _quantize_head(
+    weight_kn: np.ndarray, spec: QuantSpec | None, group_size: int
+) -> tuple[QuantSpec, tuple[np.ndarray, ...]]:
+    """RTN (asymmetric min/max per output channel and group) of an LM head stored ``[K, N]``: the artifact's
+    slices (``spec``), or one 8-bit slice when ``spec`` is ``None``."""
+    spec = spec or QuantSpec((8,), group_size)
     w = torch.from_numpy(np.ascontiguousarray(weight_kn.T))
     scale, zero = minmax_params(w, spec)
     return spec, quantize_linear(w, spec, scale, zero)
@@ -306,7 +310,7 @@ def rewrite_graph(
 def _logits_tail(
     graph: _Graph, matmuls, spec: QuantSpec, lm_head: str, accuracy_level: int, replaced
 ) -> None:
-    """``logits_to_keep`` slicing before the LM head; the head itself float or 8-bit; untie the embedding."""
+    """``logits_to_keep`` slicing before the LM head; the head float, 8-bit or mixed; untie the embedding."""
     head = next((n for n in graph.g.node if n.op_type == "MatMul" and n.output[0] == "logits"), None)
     if head is None or head.input[1] not in graph.inits:
         raise LeanGraphError("the builder graph has no MatMul producing 'logits' from an initializer")
@@ -327,9 +331,20 @@ def _logits_tail(
     if lm_head == "float":
         head.input[0] = p + "kept"
         return
-    head_spec, (packed, scales, zeros) = _quantize_head(weight, spec.group_size)
-    one = graph.init(p + "one", np.asarray(1, np.int64))
-    counts = _fixed_count(graph, p + "kept", one, p + "count")
+    head_spec, (packed, scales, zeros) = _quantize_head(
+        weight, spec if lm_head == "mixed" else None, spec.group_size
+    )
+    if lm_head == "mixed":  # each row at the rounded mean of its token's routing decisions
+        graph.node("Cast", ["slice_counts"], [p + "counts_f"], p + "CastF", to=TensorProto.FLOAT)
+        graph.node("ReduceMean", [p + "counts_f", p + "axis0"], [p + "mean"], p + "Mean", keepdims=0)
+        graph.node("Round", [p + "mean"], [p + "round"], p + "Round")
+        graph.node("Cast", [p + "round"], [p + "counts_all"], p + "CastI", to=TensorProto.INT64)
+        axis1 = graph.init(p + "axis1", np.array([1]))
+        graph.node("Slice", [p + "counts_all", p + "starts", p + "ends", axis1],
+                   [p + "counts"], p + "SliceCounts")  # fmt: skip
+        counts = p + "counts"
+    else:
+        counts = _fixed_count(graph, p + "kept", graph.init(p + "one", np.asarray(1, np.int64)), p + "count")
     _mixed_bit_matmul(graph, p + "kept", counts, "logits", p + "MixedBitMatMul", packed, scales, zeros,
                       weight.shape[0], weight.shape[1], head_spec, accuracy_level)  # fmt: skip
     replaced.add(head.name)

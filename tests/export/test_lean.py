@@ -175,3 +175,28 @@ def test_bad_options(lean_models, tmp_path):
         export_artifact(odd, tmp_path / "d", graph="lean", progress=False)
     auto = export_artifact(odd, tmp_path / "e", progress=False)  # auto: falls back to the traced graph
     assert json.loads((auto / "mbq_config.json").read_text())["graph"] == "dynamo"
+
+
+def test_mixed_lm_head_follows_each_tokens_precision(lean_models, tmp_path):
+    from mbq_onnx.quant.residual import dequantize_codes, minmax_params, quantize_codes
+
+    art, _ = lean_models["linear"]
+    mixed = export_artifact(art, tmp_path / "mixed", lm_head="mixed", progress=False)
+    session = MbqSession(mixed)
+    model, ctx = build_model(art)
+    spec = model.mbq_spec
+    w = model.lm_head.weight.detach()
+    scale, zero = minmax_params(w, spec)
+    codes = quantize_codes(w, scale, zero, spec)
+    heads = {k: dequantize_codes(codes, scale, zero, spec, k) for k in range(1, spec.num_slices + 1)}
+    ids = np.random.RandomState(6).randint(0, 256, (1, 14))
+    for tau, force in ((0.5, 0), (0.5, 1), (0.5, 3), (0.2, 0)):
+        out = session.run(ids, session.empty_cache(), tau=tau, force_slices=force, all_positions=True)
+        ctx.tau, ctx.force_slices = tau, (force or None)
+        with torch.no_grad(), grouped_routers(model, ctx, combine_max=True):
+            hidden = model.model(torch.from_numpy(ids)).last_hidden_state[0]
+        per_row = np.rint(out.slice_counts[:, 0].mean(0)).astype(int)
+        if force:
+            assert set(per_row) == {force}
+        want = torch.stack([hidden[t] @ heads[int(k)].T for t, k in enumerate(per_row)]).numpy()
+        np.testing.assert_allclose(out.logits[0], want, atol=TINY_LOGITS_ATOL)
