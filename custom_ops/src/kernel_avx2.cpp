@@ -227,11 +227,8 @@ inline void dispatch_decoder(const PackedWeights& w, int end, Fn&& fn) {
 
 template <class D>
 void gemv_avx2_impl(const PackedWeights& w, int k, const float* a, const float* asum, float* y, int n0, int n1) {
-  const int end = w.subplane_end[k];
-  int cum = 0;
-  for (int j = 0; j < k; ++j) cum += w.slice_bits[j];
-  const int base = w.total_bits - cum;  // codes are used as qk >> base; the scale absorbs 2^base
-  const float step = static_cast<float>(1 << base), off = w.offset[k];
+  const int end = w.subplane_end[k], base = w.base_at(k);  // codes are used as qk >> base
+  const float step = w.step_at(k), off = w.offset[k];   // the scale absorbs 2^base
   const size_t blocks = static_cast<size_t>(w.Kp / kBlock);
   const int gs = w.group_size, G = w.G;
   for (int n = n0; n < n1; ++n) {
@@ -384,11 +381,8 @@ inline __m256i dot_block(__m256i q, __m256i a8) {
 template <bool kSplit, class D>
 void gemv_q8_impl(const PackedWeights& w, int k, const int8_t* qa, const float* qscale, const float* qasum, float* y,
                   int n0, int n1) {
-  const int end = w.subplane_end[k];
-  int cum = 0;
-  for (int j = 0; j < k; ++j) cum += w.slice_bits[j];
-  const int base = w.total_bits - cum;
-  const float step = static_cast<float>(1 << base), off = w.offset[k];
+  const int end = w.subplane_end[k], base = w.base_at(k);
+  const float step = w.step_at(k), off = w.offset[k];
   const size_t blocks = static_cast<size_t>(w.Kp / kBlock);
   const int gs = w.group_size, G = w.G;
   for (int n = n0; n < n1; ++n) {
@@ -426,10 +420,8 @@ void gemv_q8_impl(const PackedWeights& w, int k, const int8_t* qa, const float* 
 
 void gemv_q8_avx2(const PackedWeights& w, int k, const int8_t* qa, const float* qscale, const float* qasum, float* y,
                   int n0, int n1) {
-  int cum = 0;
-  for (int j = 0; j < k; ++j) cum += w.slice_bits[j];
   dispatch_decoder(w, w.subplane_end[k], [&](auto d) {
-    if (cum == 8) {
+    if (w.bits_at(k) == 8) {
       gemv_q8_impl<true, decltype(d)>(w, k, qa, qscale, qasum, y, n0, n1);
     } else {
       gemv_q8_impl<false, decltype(d)>(w, k, qa, qscale, qasum, y, n0, n1);
@@ -437,7 +429,15 @@ void gemv_q8_avx2(const PackedWeights& w, int k, const int8_t* qa, const float* 
   });
 }
 
-const KernelTable kAvx2 = {"avx2", gemv_avx2, gemm_avx2, 4, gemv_q8_avx2};
+const KernelTable kAvx2 = [] {
+  KernelTable t;
+  t.name = "avx2";
+  t.gemv = gemv_avx2;
+  t.gemm = gemm_avx2;
+  t.n_align = 4;
+  t.gemv_q8 = gemv_q8_avx2;
+  return t;
+}();
 
 }  // namespace
 
