@@ -329,6 +329,7 @@ void tile8(const PackedWeights& w, const PlaneRef& pl, const int8_t* qa, const f
       x1 = _mm512_loadu_si512(act + 64);
     }
     __m512i acc[NC];
+#pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) {
       const uint8_t* src = (c < 4 ? p : q) + ((c & 3) == 3 ? rb3 : (c & 3) * rb);
       __m512i lo, hi;
@@ -360,6 +361,7 @@ void tile8(const PackedWeights& w, const PlaneRef& pl, const int8_t* qa, const f
     const float as = qscale[qi];
     const int g2 = kHalf ? std::min(g + 1, G - 1) : g;
     const float as2 = kHalf ? qscale[std::min(qi + 2, nqs - 1)] : as;
+#pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       const __m512i* a = acc + 4 * h;
       const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
