@@ -1,6 +1,5 @@
 // Run-time choice of the kernel table by CPU features (and the MBQ_KERNEL override).
 #include <cstring>
-#include <string>
 
 #include "mbq_kernels.h"
 
@@ -55,36 +54,50 @@ bool cpu_has_dotprod() {
 #endif
 }
 
+// Every table, worst first: name, getter (nullptr when not compiled in), and whether this CPU runs it.
+struct Entry {
+  const char* name;
+  const KernelTable* (*table)();
+  bool (*cpu_ok)();
+};
+const Entry kTables[] = {
+    {"ref", kernels_ref, [] { return true; }},
+    {"avx2", kernels_avx2, cpu_has_avx2_fma},
+    {"avx512_vnni", kernels_avx512_vnni, [] { return kernels_avx2() != nullptr && cpu_has_avx512_vnni(); }},
+    {"neon", kernels_neon, [] { return true; }},  // NEON is mandatory on aarch64
+    {"neon_dotprod", kernels_neon_dotprod, cpu_has_dotprod},
+};
+
+// The usable entries, best last, found once.
+const std::vector<const Entry*>& usable() {
+  static const std::vector<const Entry*> list = [] {
+    std::vector<const Entry*> v;
+    for (const Entry& e : kTables)
+      if (e.table() && e.cpu_ok()) v.push_back(&e);
+    return v;
+  }();
+  return list;
+}
+
 }  // namespace
 
 std::vector<const char*> available_kernels() {
-  std::vector<const char*> names{"ref"};
-  if (kernels_avx2() && cpu_has_avx2_fma()) names.push_back("avx2");
-  if (kernels_avx512_vnni() && kernels_avx2() && cpu_has_avx512_vnni()) names.push_back("avx512_vnni");
-  if (kernels_neon()) names.push_back("neon");  // NEON is mandatory on aarch64
-  if (kernels_neon_dotprod() && cpu_has_dotprod()) names.push_back("neon_dotprod");
+  std::vector<const char*> names;
+  for (const Entry* e : usable()) names.push_back(e->name);
   return names;
 }
 
 const KernelTable* select_kernels(const char* forced, const char** error) {
   *error = nullptr;
-  const std::vector<const char*> names = available_kernels();
-  auto table_of = [](const std::string& name) -> const KernelTable* {
-    if (name == "ref") return kernels_ref();
-    if (name == "avx2") return kernels_avx2();
-    if (name == "avx512_vnni") return kernels_avx512_vnni();
-    if (name == "neon") return kernels_neon();
-    if (name == "neon_dotprod") return kernels_neon_dotprod();
-    return nullptr;
-  };
+  const std::vector<const Entry*>& list = usable();
   if (forced && *forced) {
-    for (const char* n : names) {
-      if (std::strcmp(n, forced) == 0) return table_of(n);
+    for (const Entry* e : list) {
+      if (std::strcmp(e->name, forced) == 0) return e->table();
     }
     *error = "MBQ_KERNEL names a kernel that is not available on this CPU/build";
     return nullptr;
   }
-  return table_of(names.back());
+  return list.back()->table();
 }
 
 }  // namespace mbq

@@ -227,11 +227,8 @@ inline void dispatch_decoder(const PackedWeights& w, int end, Fn&& fn) {
 
 template <class D>
 void gemv_avx2_impl(const PackedWeights& w, int k, const float* a, const float* asum, float* y, int n0, int n1) {
-  const int end = w.subplane_end[k];
-  int cum = 0;
-  for (int j = 0; j < k; ++j) cum += w.slice_bits[j];
-  const int base = w.total_bits - cum;  // codes are used as qk >> base; the scale absorbs 2^base
-  const float step = static_cast<float>(1 << base), off = w.offset[k];
+  const int end = w.subplane_end[k], base = w.base_at(k);  // codes are used as qk >> base
+  const float step = w.step_at(k), off = w.offset[k];   // the scale absorbs 2^base
   const size_t blocks = static_cast<size_t>(w.Kp / kBlock);
   const int gs = w.group_size, G = w.G;
   for (int n = n0; n < n1; ++n) {
@@ -384,11 +381,8 @@ inline __m256i dot_block(__m256i q, __m256i a8) {
 template <bool kSplit, class D>
 void gemv_q8_impl(const PackedWeights& w, int k, const int8_t* qa, const float* qscale, const float* qasum, float* y,
                   int n0, int n1) {
-  const int end = w.subplane_end[k];
-  int cum = 0;
-  for (int j = 0; j < k; ++j) cum += w.slice_bits[j];
-  const int base = w.total_bits - cum;
-  const float step = static_cast<float>(1 << base), off = w.offset[k];
+  const int end = w.subplane_end[k], base = w.base_at(k);
+  const float step = w.step_at(k), off = w.offset[k];
   const size_t blocks = static_cast<size_t>(w.Kp / kBlock);
   const int gs = w.group_size, G = w.G;
   for (int n = n0; n < n1; ++n) {
@@ -426,10 +420,8 @@ void gemv_q8_impl(const PackedWeights& w, int k, const int8_t* qa, const float* 
 
 void gemv_q8_avx2(const PackedWeights& w, int k, const int8_t* qa, const float* qscale, const float* qasum, float* y,
                   int n0, int n1) {
-  int cum = 0;
-  for (int j = 0; j < k; ++j) cum += w.slice_bits[j];
   dispatch_decoder(w, w.subplane_end[k], [&](auto d) {
-    if (cum == 8) {
+    if (w.bits_at(k) == 8) {
       gemv_q8_impl<true, decltype(d)>(w, k, qa, qscale, qasum, y, n0, n1);
     } else {
       gemv_q8_impl<false, decltype(d)>(w, k, qa, qscale, qasum, y, n0, n1);
@@ -437,7 +429,58 @@ void gemv_q8_avx2(const PackedWeights& w, int k, const int8_t* qa, const float* 
   });
 }
 
-const KernelTable kAvx2 = {"avx2", gemv_avx2, gemm_avx2, 4, gemv_q8_avx2};
+// quantize_row_q8 vectorized (same values bit for bit: the same float operations, and vcvtps2dq rounds
+// to nearest even like its 1.5 * 2^23 trick); the AVX2 int8 GEMV reads the in-order values only.
+void quantize_q8_avx2(const PackedWeights& w, int /*k_slices*/, const float* a, int8_t* qa, float* qscale,
+                      float* qasum) {
+  const int qb = q8_block(w), gs = w.group_size;
+  if (gs < 32) return quantize_row_q8(w, a, qa, qscale, qasum);  // a block covers more than one group
+  std::fill(qasum, qasum + w.G, 0.f);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int b0 = 0; b0 < w.Kp; b0 += qb) {  // block lengths are multiples of 32
+    const int b1 = std::min(w.Kp, b0 + qb);
+    __m256 m = _mm256_setzero_ps();
+    for (int i = b0; i < b1; i += 8) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(a + i), abs_mask), m);
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const float s = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+    for (int blk = b0 / kBlock; blk < b1 / kBlock; ++blk) qscale[blk] = s;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    __m256i sum = _mm256_setzero_si256();
+    for (int i = b0; i < b1; i += 32) {
+      __m256i q[4];
+      for (int h = 0; h < 4; ++h) {
+        q[h] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(a + i + 8 * h), vinv));
+        sum = _mm256_add_epi32(sum, q[h]);
+      }
+      // |q| <= 127: the saturating packs are exact; the permutation undoes their lane interleave.
+      const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qa + i), _mm256_permutevar8x32_epi32(p, order));
+    }
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    const int g = b0 / gs;  // qb <= gs: the block lies in one group
+    if (g < w.G) {  // multiply, then add: no FMA contraction (the scalar quantizer rounds twice)
+      const __m128 t = _mm_mul_ss(_mm_set_ss(s), _mm_set_ss(static_cast<float>(_mm_cvtsi128_si32(s4))));
+      qasum[g] = _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(qasum[g]), t));
+    }
+  }
+}
+
+const KernelTable kAvx2 = [] {
+  KernelTable t;
+  t.name = "avx2";
+  t.gemv = gemv_avx2;
+  t.gemm = gemm_avx2;
+  t.n_align = 4;
+  t.gemv_q8 = gemv_q8_avx2;
+  t.quantize_q8 = quantize_q8_avx2;
+  return t;
+}();
 
 }  // namespace
 

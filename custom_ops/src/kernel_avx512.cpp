@@ -31,26 +31,72 @@ constexpr int kUnit = 128;  // values per unit (4 blocks of 32)
 size_t units_padded(const PackedWeights& w) { return (static_cast<size_t>(w.Kp) + kUnit - 1) / kUnit * kUnit; }
 
 // Activation buffer: [in-order (Ku)][4-bit-part order (Ku)][2-bit-part order (Ku)], Ku = Kp rounded up
-// to 128, zero padded. quantize_row_q8 fills the first Kp bytes; q8_prepare the rest.
+// to 128, zero padded. The quantizer fills the first Kp bytes; q8_prepare the parts a row with k
+// slices reads (none when it reads the full codes).
 size_t q8_bytes_avx512(const PackedWeights& w) { return 3 * units_padded(w); }
 
-void q8_prepare_avx512(const PackedWeights& w, int8_t* qa) {
+// Sub-plane widths (4 and 2) whose activation orders a row with k slices needs.
+void part_orders(const PackedWeights& w, int k, bool* need4, bool* need2) {
+  *need4 = *need2 = false;
+  if (k == w.num_slices && w.codes.data) return;  // full codes: in-order activations
+  for (int p = 0; p < w.subplane_end[k]; ++p) {
+    *need4 |= w.sub[p].bits == 4;
+    *need2 |= w.sub[p].bits == 2;
+  }
+}
+
+void q8_prepare_avx512(const PackedWeights& w, int k, int8_t* qa) {
   const size_t Ku = units_padded(w);
   std::memset(qa + w.Kp, 0, Ku - static_cast<size_t>(w.Kp));
+  bool need4, need2;
+  part_orders(w, k, &need4, &need2);
   int8_t* a4 = qa + Ku;
   int8_t* a2 = qa + 2 * Ku;
+  // 2-bit order: qword 4b + p of a unit (block b, values 8p .. 8p + 7) moves to qword 4p + b.
+  const __m512i t0 = _mm512_setr_epi64(0, 4, 8, 12, 1, 5, 9, 13), t1 = _mm512_setr_epi64(2, 6, 10, 14, 3, 7, 11, 15);
   for (size_t u = 0; u < Ku / kUnit; ++u) {
-    const int8_t* src = qa + u * kUnit;
-    int8_t* d4 = a4 + u * kUnit;
-    int8_t* d2 = a2 + u * kUnit;
-    for (int b = 0; b < 4; ++b) {
-      // 4-bit sub-plane: byte t of block b holds value t (bits 0-3) and t + 16 (bits 4-7).
-      std::memcpy(d4 + 16 * b, src + 32 * b, 16);
-      std::memcpy(d4 + 64 + 16 * b, src + 32 * b + 16, 16);
-      // 2-bit sub-plane: byte t of block b holds values t + 8p at bits 2p (part p = 0..3).
-      for (int p = 0; p < 4; ++p) std::memcpy(d2 + 32 * p + 8 * b, src + 32 * b + 8 * p, 8);
+    const __m512i x0 = _mm512_loadu_si512(qa + u * kUnit), x1 = _mm512_loadu_si512(qa + u * kUnit + 64);
+    if (need4) {  // 4-bit sub-plane: byte t of block b holds value t (bits 0-3) and t + 16 (bits 4-7)
+      _mm512_storeu_si512(a4 + u * kUnit, _mm512_shuffle_i64x2(x0, x1, 0x88));
+      _mm512_storeu_si512(a4 + u * kUnit + 64, _mm512_shuffle_i64x2(x0, x1, 0xDD));
+    }
+    if (need2) {  // 2-bit sub-plane: byte t of block b holds values t + 8p at bits 2p (part p = 0..3)
+      _mm512_storeu_si512(a2 + u * kUnit, _mm512_permutex2var_epi64(x0, t0, x1));
+      _mm512_storeu_si512(a2 + u * kUnit + 64, _mm512_permutex2var_epi64(x0, t1, x1));
     }
   }
+}
+
+// quantize_row_q8 (same values bit for bit: the same float operations, and vcvtps2dq rounds to
+// nearest even like its 1.5 * 2^23 trick) vectorized, then q8_prepare.
+void quantize_q8_avx512(const PackedWeights& w, int k, const float* a, int8_t* qa, float* qscale, float* qasum) {
+  const int qb = q8_block(w), gs = w.group_size;
+  if (gs < 32) {  // a quantization block covers more than one group: the scalar quantizer
+    quantize_row_q8(w, a, qa, qscale, qasum);
+    return q8_prepare_avx512(w, k, qa);
+  }
+  std::fill(qasum, qasum + w.G, 0.f);
+  for (int b0 = 0; b0 < w.Kp; b0 += qb) {  // block lengths are multiples of 32
+    const int b1 = std::min(w.Kp, b0 + qb);
+    __m512 m = _mm512_setzero_ps();
+    for (int i = b0; i < b1; i += 16) m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(a + i)), m);  // NaN: keeps m, like std::max
+    const float amax = _mm512_reduce_max_ps(m);
+    const float s = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+    for (int blk = b0 / kBlock; blk < b1 / kBlock; ++blk) qscale[blk] = s;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    __m512i sum = _mm512_setzero_si512();
+    for (int i = b0; i < b1; i += 16) {
+      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(a + i), vinv));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qa + i), _mm512_cvtepi32_epi8(q));
+      sum = _mm512_add_epi32(sum, q);
+    }
+    const int g = b0 / gs;  // qb <= gs: the block lies in one group
+    if (g < w.G) {  // multiply, then add: no FMA contraction (the scalar quantizer rounds twice)
+      const __m128 t = _mm_mul_ss(_mm_set_ss(s), _mm_set_ss(static_cast<float>(_mm512_reduce_add_epi32(sum))));
+      qasum[g] = _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(qasum[g]), t));
+    }
+  }
+  q8_prepare_avx512(w, k, qa);
 }
 
 struct PlaneRef {
@@ -92,8 +138,11 @@ __attribute__((always_inline)) inline void decode2(const Plan& plan, const uint8
   }
 }
 
-// NC output channels [n, n + NC) using N8 8-bit, N4 4-bit and N2 2-bit sub-planes.
-template <int N8, int N4, int N2, int NC, bool kLow4>
+// NC output channels [n, n + NC) using N8 8-bit, N4 4-bit and N2 2-bit sub-planes. kHalf: groups of
+// 64, so the unit's first 64 values (int32 lanes 0-7 of the sums) and last 64 (lanes 8-15) have their
+// own weight and activation scales (N2 == 0: the 4-bit parts keep the halves apart, 8-bit sums are
+// folded into that shape).
+template <int N8, int N4, int N2, int NC, bool kLow4, bool kHalf>
 void tile(const PackedWeights& w, const Plan& plan, const PlaneRef* p8, const PlaneRef* p4, const PlaneRef* p2,
           const int8_t* qa, const float* qscale, const float* qasum, const float* qasum4, float off, float step, size_t n,
           float* y) {
@@ -101,7 +150,7 @@ void tile(const PackedWeights& w, const Plan& plan, const PlaneRef* p8, const Pl
   const int8_t* a4 = qa + Ku;
   const int8_t* a2 = qa + 2 * Ku;
   const int units = static_cast<int>(Ku / kUnit), G = w.G;
-  const int upg = w.group_size / kUnit;
+  const int upg = kHalf ? 1 : w.group_size / kUnit, nqs = w.Kp / kBlock;
   __m512 facc[NC];
   for (int c = 0; c < NC; ++c) facc[c] = _mm512_setzero_ps();
   const uint8_t* r8[NC > 0 ? NC : 1];
@@ -114,7 +163,7 @@ void tile(const PackedWeights& w, const Plan& plan, const PlaneRef* p8, const Pl
   }
   for (int u = 0, g = 0, next_g = upg; u < units; ++u) {
     if (u == next_g) {  // (no division in the loop: it showed up in the profile)
-      ++g;
+      g += kHalf ? 2 : 1;
       next_g += upg;
     }
     __m512i acc[NC];
@@ -125,8 +174,14 @@ void tile(const PackedWeights& w, const Plan& plan, const PlaneRef* p8, const Pl
       const __m512i x0 = _mm512_loadu_si512(qa + u * kUnit), x1 = _mm512_loadu_si512(qa + u * kUnit + 64);
       for (int c = 0; c < NC; ++c) {
         const uint8_t* src = r8[c] + static_cast<size_t>(u) * kUnit;
-        acc[c] = _mm512_dpbusd_epi32(acc[c], _mm512_loadu_si512(src), x0);
-        acc[c] = _mm512_dpbusd_epi32(acc[c], _mm512_loadu_si512(src + 64), x1);
+        if constexpr (kHalf) {  // lanes 0-7: the first 64 values (two 128-bit lanes of each sum)
+          const __m512i lo = _mm512_dpbusd_epi32(acc[c], _mm512_loadu_si512(src), x0);
+          const __m512i hi = _mm512_dpbusd_epi32(acc[c], _mm512_loadu_si512(src + 64), x1);
+          acc[c] = _mm512_add_epi32(_mm512_shuffle_i64x2(lo, hi, 0x44), _mm512_shuffle_i64x2(lo, hi, 0xEE));
+        } else {
+          acc[c] = _mm512_dpbusd_epi32(acc[c], _mm512_loadu_si512(src), x0);
+          acc[c] = _mm512_dpbusd_epi32(acc[c], _mm512_loadu_si512(src + 64), x1);
+        }
       }
     }
     if constexpr (N4 > 0) {
@@ -163,7 +218,28 @@ void tile(const PackedWeights& w, const Plan& plan, const PlaneRef* p8, const Pl
     }
     // Activation scale of this unit (quantize_row_q8 uses one scale per 128 values when group_size >= 128).
     const float as = qscale[u * (kUnit / kBlock)];
-    if constexpr (NC % 4 == 0) {
+    // kHalf: the second half's group and activation scale (clamped: past K the sums are 0).
+    const int g2 = kHalf ? std::min(g + 1, G - 1) : g;
+    const float as2 = kHalf ? qscale[std::min(u * (kUnit / kBlock) + 2, nqs - 1)] : as;
+    if constexpr (NC % 4 == 0 && kHalf) {
+      for (int h = 0; h < NC / 4; ++h) {
+        const __m512i* a = acc + 4 * h;
+        const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
+        const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
+        const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+        const float* s4 = w.scales4 + (n / 4 + h) * G * 4;
+        const __m128 sa = _mm_mul_ps(_mm_loadu_ps(s4 + g * 4), _mm_set1_ps(as));
+        const __m128 sb = _mm_mul_ps(_mm_loadu_ps(s4 + g2 * 4), _mm_set1_ps(as2));
+        const __m512 sv = _mm512_shuffle_f32x4(_mm512_castps128_ps512(sa), _mm512_castps128_ps512(sb), 0x00);
+        facc[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sv, facc[h]);
+      }
+    } else if constexpr (kHalf) {
+      for (int c = 0; c < NC; ++c) {
+        const float* sc = w.scales + (n + c) * G;
+        const __m512 sv = _mm512_shuffle_f32x4(_mm512_set1_ps(sc[g] * as), _mm512_set1_ps(sc[g2] * as2), 0x44);
+        facc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]), sv, facc[c]);
+      }
+    } else if constexpr (NC % 4 == 0) {
       // Interleave each quad of channels so one convert + FMA serves all four: every 128-bit lane
       // of t holds [ch0, ch1, ch2, ch3] partial sums; scales4 has the 4 channels' scales side by side.
       for (int h = 0; h < NC / 4; ++h) {
@@ -216,7 +292,111 @@ void tile(const PackedWeights& w, const Plan& plan, const PlaneRef* p8, const Pl
   }
 }
 
-template <int N8, int N4, int N2, bool kLow4 = false>
+// The two hot decode shapes: one plane of in-place codes, 4-bit (the code's low nibble; activations in
+// 4-bit-part order) or 8-bit (in order), 8 channels [n, n + 8), n a multiple of 4. Same math as `tile`,
+// with the 8 channels addressed from two pointers and the row stride (no per-channel pointers: they
+// spilled the loop's registers) and the scales of both quads walked by pointer.
+template <int kW, bool kHalf>
+void tile8(const PackedWeights& w, const PlaneRef& pl, const int8_t* qa, const float* qscale, const float* qasum4,
+           float off, float step, size_t n, float* y) {
+  constexpr int NC = 8;
+  const size_t Ku = units_padded(w), rb = pl.row_bytes, rb3 = 3 * rb;
+  const int8_t* act = kW == 4 ? qa + Ku : qa;
+  const int units = static_cast<int>(Ku / kUnit), G = w.G;
+  const int upg = kHalf ? 1 : w.group_size / kUnit, nqs = w.Kp / kBlock;
+  constexpr size_t kStep = kW == 4 ? 64 : 128;  // plane bytes per unit
+  const uint8_t* p = pl.data + n * rb;
+  const uint8_t* q = p + 4 * rb;
+  const float* s4a = w.scales4 + (n / 4) * G * 4;
+  const float* s4b = s4a + G * 4;
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 facc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  // The units; the last one as a tail when at most 64 of its values are in K (ragged K = 576 etc.).
+  const bool tail = w.Kp % kUnit != 0 && w.Kp % kUnit <= kUnit / 2;
+  int u = 0, g = 0, next_g = upg;
+  auto unit = [&](auto tail_c) {
+    constexpr bool kTail = decltype(tail_c)::value;
+    if (u == next_g) {
+      g += kHalf ? 2 : 1;
+      next_g += upg;
+    }
+    const __m512i x0 = _mm512_loadu_si512(act);
+    __m512i x1 = _mm512_setzero_si512();
+    __m256i y1 = _mm256_setzero_si256();
+    if constexpr (kTail && kW == 4) {
+      y1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(act + 64));
+    } else if constexpr (!kTail || kHalf) {
+      x1 = _mm512_loadu_si512(act + 64);
+    }
+    __m512i acc[NC];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      const uint8_t* src = (c < 4 ? p : q) + ((c & 3) == 3 ? rb3 : (c & 3) * rb);
+      __m512i lo, hi;
+      if constexpr (kTail && kW == 4) {  // <= 64 values left: half-width decode
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)), m = _mm512_castsi512_si256(m4);
+        const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(x, m), _mm512_castsi512_si256(x0));
+        acc[c] = _mm512_zextsi256_si512(_mm256_dpbusd_epi32(d, _mm256_and_si256(_mm256_srli_epi16(x, 4), m), y1));
+        continue;
+      } else if constexpr (kTail && !kHalf) {  // <= 64 values left: one dot product
+        acc[c] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(src), x0);
+        continue;
+      } else if constexpr (kW == 4) {
+        const __m512i x = _mm512_loadu_si512(src);
+        lo = _mm512_and_si512(x, m4);
+        hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+      } else {
+        lo = _mm512_loadu_si512(src);
+        hi = _mm512_loadu_si512(src + 64);
+      }
+      if constexpr (kHalf && kW == 8) {  // lanes 0-7: the first 64 values
+        const __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, x0);
+        const __m512i b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, x1);
+        acc[c] = _mm512_add_epi32(_mm512_shuffle_i64x2(a, b, 0x44), _mm512_shuffle_i64x2(a, b, 0xEE));
+      } else {
+        acc[c] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, x0), hi, x1);
+      }
+    }
+    const int qi = u * (kUnit / kBlock);
+    const float as = qscale[qi];
+    const int g2 = kHalf ? std::min(g + 1, G - 1) : g;
+    const float as2 = kHalf ? qscale[std::min(qi + 2, nqs - 1)] : as;
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m512i* a = acc + 4 * h;
+      const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
+      const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
+      const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+      const float* s4 = h ? s4b : s4a;
+      __m512 sv;
+      if constexpr (kHalf) {
+        const __m128 sa = _mm_mul_ps(_mm_loadu_ps(s4 + g * 4), _mm_set1_ps(as));
+        const __m128 sb = _mm_mul_ps(_mm_loadu_ps(s4 + g2 * 4), _mm_set1_ps(as2));
+        sv = _mm512_shuffle_f32x4(_mm512_castps128_ps512(sa), _mm512_castps128_ps512(sb), 0x00);
+      } else {
+        sv = _mm512_broadcast_f32x4(_mm_mul_ps(_mm_loadu_ps(s4 + g * 4), _mm_set1_ps(as)));
+      }
+      facc[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sv, facc[h]);
+    }
+  };
+  for (; u < units - (tail ? 1 : 0); ++u, p += kStep, q += kStep, act += kUnit) unit(std::false_type{});
+  if (tail) unit(std::true_type{});
+  for (int h = 0; h < 2; ++h) {  // zero-point / midpoint term, as in `tile`
+    const float* s4 = h ? s4b : s4a;
+    const float* z4 = w.scale_zero4 + (n / 4 + h) * G * 4;
+    __m512 A = _mm512_setzero_ps(), B = _mm512_setzero_ps();
+    for (int g = 0; g < G; g += 4) {
+      const __mmask16 m = G - g >= 4 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (4 * (G - g))) - 1u);
+      const __m512 qv = _mm512_maskz_loadu_ps(m, qasum4 + 4 * g);
+      A = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, s4 + 4 * g), qv, A);
+      B = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, z4 + 4 * g), qv, B);
+    }
+    const __m128 r = _mm_fmadd_ps(quad_sum(facc[h]), _mm_set1_ps(step), _mm_fmsub_ps(quad_sum(A), _mm_set1_ps(off), quad_sum(B)));
+    _mm_storeu_ps(y + n + 4 * h, r);
+  }
+}
+
+template <int N8, int N4, int N2, bool kLow4, bool kHalf>
 void run_tiles(const PackedWeights& w, const Plan& plan, const PlaneRef* p8, const PlaneRef* p4, const PlaneRef* p2, const int8_t* qa,
                const float* qscale, const float* qasum, float off, float step, int n0, int n1, float* y) {
   thread_local std::vector<float> q4;  // qasum, each group's value 4 times (for the quad epilogue)
@@ -225,12 +405,17 @@ void run_tiles(const PackedWeights& w, const Plan& plan, const PlaneRef* p8, con
     for (int c = 0; c < 4; ++c) q4[4 * g + c] = qasum[g];
   const float* qasum4 = q4.data();
   int n = n0;
-  for (; n < n1 && n % 4 != 0; ++n) tile<N8, N4, N2, 1, kLow4>(w, plan, p8, p4, p2, qa, qscale, qasum, qasum4, off, step, n, y);
+  for (; n < n1 && n % 4 != 0; ++n) tile<N8, N4, N2, 1, kLow4, kHalf>(w, plan, p8, p4, p2, qa, qscale, qasum, qasum4, off, step, n, y);
   constexpr int kWide = N2 == 0 ? 8 : 4;  // channels per tile (register budget)
+  constexpr int kOne = N8 == 1 && N4 == 0 && N2 == 0 ? 8 : N8 == 0 && N4 == 1 && N2 == 0 && kLow4 ? 4 : 0;
+  if constexpr (kOne != 0) {
+    const PlaneRef& pl = kOne == 8 ? p8[0] : p4[0];
+    for (; n + 8 <= n1; n += 8) tile8<kOne, kHalf>(w, pl, qa, qscale, qasum4, off, step, n, y);
+  }
   for (; n + kWide <= n1; n += kWide)
-    tile<N8, N4, N2, kWide, kLow4>(w, plan, p8, p4, p2, qa, qscale, qasum, qasum4, off, step, n, y);
-  for (; n + 4 <= n1; n += 4) tile<N8, N4, N2, 4, kLow4>(w, plan, p8, p4, p2, qa, qscale, qasum, qasum4, off, step, n, y);
-  for (; n < n1; ++n) tile<N8, N4, N2, 1, kLow4>(w, plan, p8, p4, p2, qa, qscale, qasum, qasum4, off, step, n, y);
+    tile<N8, N4, N2, kWide, kLow4, kHalf>(w, plan, p8, p4, p2, qa, qscale, qasum, qasum4, off, step, n, y);
+  for (; n + 4 <= n1; n += 4) tile<N8, N4, N2, 4, kLow4, kHalf>(w, plan, p8, p4, p2, qa, qscale, qasum, qasum4, off, step, n, y);
+  for (; n < n1; ++n) tile<N8, N4, N2, 1, kLow4, kHalf>(w, plan, p8, p4, p2, qa, qscale, qasum, qasum4, off, step, n, y);
 }
 
 // Prefill: one output channel x R rows. The channel's parts are decoded once per unit and reused for
@@ -440,31 +625,36 @@ void run_rows(const PackedWeights& w, const Plan& plan, const PlaneRef* p8, cons
 struct Setup {
   PlaneRef p8[1], p4[2], p2[4];
   int n8 = 0, n4 = 0, n2 = 0;
-  bool fast = true;  // false: 1-bit sub-planes or groups < 128 (the AVX2 int8 path runs instead)
+  bool fast = true;  // false: 1-bit sub-planes, groups < 64 (< 128 for prefill, or with 2-bit planes): AVX2 path
+  bool half = false;  // groups of 64: a unit covers two groups
   float off = 0.f, step = 1.f;
   Plan plan;
 
-  Setup(const PackedWeights& w, int k) {
-    const int end = w.subplane_end[k];
-    int cum = 0;
-    for (int j = 0; j < k; ++j) cum += w.slice_bits[j];
-    const int base = w.total_bits - cum;  // codes are used as qk >> base; the scale absorbs 2^base
-    fast = w.group_size >= kUnit;
-    for (int p = 0; p < end && fast; ++p) {
-      const SubPlane& sp = w.sub[p];
-      const PlaneRef r{sp.data, sp.row_bytes, sp.shift - base};
-      if (sp.bits == 8) {
-        p8[n8++] = r;
-      } else if (sp.bits == 4) {
-        p4[n4++] = r;
-      } else if (sp.bits == 2) {
-        p2[n2++] = r;
-      } else {
-        fast = false;
+  // `gemv`: the decode kernel, which also takes groups of 64 (two groups per unit) without 2-bit planes.
+  Setup(const PackedWeights& w, int k, bool gemv) {
+    const int base = w.base_at(k);  // codes are used as qk >> base; the scale absorbs 2^base
+    fast = w.group_size >= kUnit || (gemv && w.group_size == kUnit / 2);
+    half = w.group_size < kUnit;
+    if (k == w.num_slices && w.codes.data) {  // all slices: the full codes, one byte per weight
+      p8[n8++] = PlaneRef{w.codes.data, w.codes.row_bytes, 0};
+    } else {
+      for (int p = 0; p < w.subplane_end[k] && fast; ++p) {
+        const SubPlane& sp = w.sub[p];
+        const PlaneRef r{sp.data, sp.row_bytes, sp.shift - base};
+        if (sp.bits == 8) {
+          p8[n8++] = r;
+        } else if (sp.bits == 4) {
+          p4[n4++] = r;
+        } else if (sp.bits == 2) {
+          p2[n2++] = r;
+        } else {
+          fast = false;
+        }
       }
     }
+    if (half && n2 > 0) fast = false;  // 2-bit parts mix the unit's two groups
     off = w.offset[k];
-    step = static_cast<float>(1 << base);
+    step = w.step_at(k);
     for (int q = 0; q < n4; ++q) {
       const int t = p4[q].shift;
       plan.mask4[q] = _mm512_set1_epi8(static_cast<char>(0x0F << t));
@@ -501,17 +691,21 @@ struct Setup {
 
 void gemv_q8_avx512(const PackedWeights& w, int k, const int8_t* qa, const float* qscale, const float* qasum, float* y,
                     int n0, int n1) {
-  const Setup st(w, k);
+  const Setup st(w, k, true);
   if (!st.fast) return kernels_avx2()->gemv_q8(w, k, qa, qscale, qasum, y, n0, n1);
   st.dispatch([&](auto n8, auto n4, auto n2, auto low4) {
-    run_tiles<decltype(n8)::value, decltype(n4)::value, decltype(n2)::value, decltype(low4)::value>(
-        w, st.plan, st.p8, st.p4, st.p2, qa, qscale, qasum, st.off, st.step, n0, n1, y);
+    constexpr int A = decltype(n8)::value, B = decltype(n4)::value, C = decltype(n2)::value;
+    constexpr bool L = decltype(low4)::value;
+    if constexpr (C == 0) {
+      if (st.half) return run_tiles<A, B, C, L, true>(w, st.plan, st.p8, st.p4, st.p2, qa, qscale, qasum, st.off, st.step, n0, n1, y);
+    }
+    run_tiles<A, B, C, L, false>(w, st.plan, st.p8, st.p4, st.p2, qa, qscale, qasum, st.off, st.step, n0, n1, y);
   });
 }
 
 void gemm_q8_avx512(const PackedWeights& w, int k, const int8_t* qa, size_t qa_stride, const float* qscale,
                     const float* qasum, int m, float* y, size_t ldy, int n0, int n1) {
-  const Setup st(w, k);
+  const Setup st(w, k, false);
   if (!st.fast) {
     const size_t nqs = static_cast<size_t>(w.Kp / kBlock), G = static_cast<size_t>(w.G);
     for (int r = 0; r < m; ++r)
@@ -534,8 +728,20 @@ void gemm_f32(const PackedWeights& w, int k, const float* a, size_t lda, int m, 
   kernels_avx2()->gemm(w, k, a, lda, m, y, ldy, n0, n1, scratch);
 }
 
-const KernelTable kAvx512 = {"avx512_vnni",  gemv_f32,          gemm_f32,      4, gemv_q8_avx512,
-                             q8_bytes_avx512, q8_prepare_avx512, gemm_q8_avx512};
+const KernelTable kAvx512 = [] {
+  KernelTable t;
+  t.name = "avx512_vnni";
+  t.gemv = gemv_f32;
+  t.gemm = gemm_f32;
+  t.n_align = 8;  // column chunks of whole 8-channel decode tiles
+  t.gemv_q8 = gemv_q8_avx512;
+  t.q8_bytes = q8_bytes_avx512;
+  t.q8_prepare = q8_prepare_avx512;
+  t.quantize_q8 = quantize_q8_avx512;
+  t.gemm_q8 = gemm_q8_avx512;
+  t.full_codes = true;
+  return t;
+}();
 
 }  // namespace
 

@@ -170,7 +170,15 @@ void neon_gemm_f32(const PackedWeights& w, int k, const float* a, size_t lda, in
 }
 
 namespace {
-const KernelTable kNeon = {"neon", neon_gemv_f32, neon_gemm_f32, kTileN, gemv_q8<DotMull>};
+const KernelTable kNeon = [] {
+  KernelTable t;
+  t.name = "neon";
+  t.gemv = neon_gemv_f32;
+  t.gemm = neon_gemm_f32;
+  t.n_align = kTileN;
+  t.gemv_q8 = gemv_q8<DotMull>;
+  return t;
+}();
 }  // namespace
 
 const KernelTable* kernels_neon() { return &kNeon; }

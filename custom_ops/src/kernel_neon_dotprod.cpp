@@ -16,7 +16,15 @@ struct DotSdot {
   static int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t q) { return vdotq_s32(acc, a, q); }
 };
 
-const KernelTable kNeonDotprod = {"neon_dotprod", neon_gemv_f32, neon_gemm_f32, kTileN, gemv_q8<DotSdot>};
+const KernelTable kNeonDotprod = [] {
+  KernelTable t;
+  t.name = "neon_dotprod";
+  t.gemv = neon_gemv_f32;
+  t.gemm = neon_gemm_f32;
+  t.n_align = kTileN;
+  t.gemv_q8 = gemv_q8<DotSdot>;
+  return t;
+}();
 
 }  // namespace
 

@@ -74,7 +74,16 @@ void gemm_q8_ref(const PackedWeights& w, int k, const int8_t* qa, size_t qa_stri
 }
 
 // The reference has the int8 prefill too, so that every table with one can be checked against it.
-const KernelTable kRef = {"ref", gemv_ref, gemm_ref, 1, gemv_q8_ref, nullptr, nullptr, gemm_q8_ref};
+const KernelTable kRef = [] {
+  KernelTable t;
+  t.name = "ref";
+  t.gemv = gemv_ref;
+  t.gemm = gemm_ref;
+  t.n_align = 1;
+  t.gemv_q8 = gemv_q8_ref;
+  t.gemm_q8 = gemm_q8_ref;
+  return t;
+}();
 
 }  // namespace
 

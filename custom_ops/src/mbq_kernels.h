@@ -30,6 +30,12 @@
 // where qk is q with the sub-planes of slices > k left out and offset[k] = (2^(B - c_k) - 1) / 2.
 // Groups are >= 16 values and a multiple of 16, so an 8-value chunk never straddles a group
 // (a 32-value block may cover two groups of 16).
+//
+// Optional full codes (`codes`, only for tables that ask with KernelTable::full_codes and only when the
+// codes span more than one sub-plane): the complete B-bit codes q[n, i] once more as one 8-bit
+// sub-plane (same layout as an 8-bit sub-plane: [N][Kp / 32][32] bytes, byte i of a block is value i).
+// A row that uses all S slices then reads one byte per weight from one array and needs no decode
+// (AVX-512 VNNI decode: one vpdpbusd per 64 weights). Costs one extra byte per weight.
 #pragma once
 
 #include <cstddef>
@@ -57,13 +63,21 @@ struct PackedWeights {
   SubPlane sub[kMaxSubPlanes];
   int subplane_end[kMaxSlices + 1] = {};  // slices 1..k use sub-planes [0, subplane_end[k])
   float offset[kMaxSlices + 1] = {};      // offset[k] = (2^(B - c_k) - 1) / 2
+  int prefix_bits[kMaxSlices + 1] = {};   // c_k = slice_bits[0] + ... + slice_bits[k - 1]
+  SubPlane codes;                         // optional full B-bit codes (data == nullptr when absent)
   const float* scales = nullptr;          // [N][G]
   const float* zeros = nullptr;           // [N][G]
   const float* scales4 = nullptr;         // [N / 4][G][4]: scales of 4-channel tiles side by side (full tiles only)
   const float* scale_zero4 = nullptr;     // [N / 4][G][4]: scale * zero, same layout
 
+  // Bits a row with k slices uses (c_k), and how its codes are used: as qk >> base(k), with the
+  // scale absorbing step(k) = 2^base(k). The common prologue of every kernel.
+  int bits_at(int k) const { return prefix_bits[k]; }
+  int base_at(int k) const { return total_bits - prefix_bits[k]; }
+  float step_at(int k) const { return static_cast<float>(1 << base_at(k)); }
+
   // Owned storage behind the pointers above.
-  std::vector<uint8_t> storage;
+  std::vector<uint8_t> storage, code_storage;
   std::vector<float> scale_storage, zero_storage, scale4_storage, scale_zero4_storage;
 };
 
@@ -93,15 +107,24 @@ using GemvQ8Fn = void (*)(const PackedWeights& w, int k_slices, const int8_t* qa
 using GemmQ8Fn = void (*)(const PackedWeights& w, int k_slices, const int8_t* qa, size_t qa_stride, const float* qscale,
                           const float* qasum, int m, float* y, size_t ldy, int n0, int n1);
 
+// Quantizes one activation row (Kp floats, zero padded) into the table's activation buffer: the
+// same values, scales and sums as quantize_row_q8 (bit for bit), plus the table's private layout.
+using QuantizeQ8Fn = void (*)(const PackedWeights& w, int k_slices, const float* a, int8_t* qa, float* qscale,
+                              float* qasum);
+
+// Filled by field name in each kernel file (`KernelTable t; t.name = ...; t.gemv = ...;`).
 struct KernelTable {
-  const char* name;    // "ref", "avx2", "avx512_vnni", "neon", ...
-  GemvFn gemv;
-  GemmFn gemm;
-  int n_align;         // callers split N into ranges that are multiples of this (except the tail)
+  const char* name = nullptr;  // "ref", "avx2", "avx512_vnni", "neon", ...
+  GemvFn gemv = nullptr;
+  GemmFn gemm = nullptr;
+  int n_align = 1;             // callers split N into ranges that are multiples of this (except the tail)
   GemvQ8Fn gemv_q8 = nullptr;  // optional; without it accuracy_level=4 runs the float path
-  size_t (*q8_bytes)(const PackedWeights& w) = nullptr;       // optional: activation buffer size (>= Kp)
-  void (*q8_prepare)(const PackedWeights& w, int8_t* qa) = nullptr;  // optional: fill the private layout
+  size_t (*q8_bytes)(const PackedWeights& w) = nullptr;  // optional: activation buffer size (>= Kp)
+  // optional: fill the private layout after quantize_row_q8 (for a row that uses k_slices)
+  void (*q8_prepare)(const PackedWeights& w, int k_slices, int8_t* qa) = nullptr;
+  QuantizeQ8Fn quantize_q8 = nullptr;  // optional: replaces quantize_row_q8 + q8_prepare (same results)
   GemmQ8Fn gemm_q8 = nullptr;  // optional: int8 prefill (only where it beats the float GEMM)
+  bool full_codes = false;     // prepack also stores the full codes (PackedWeights::codes)
 };
 
 // Values per activation quantization block of the int8 path (a multiple of 32).
@@ -115,8 +138,9 @@ size_t gemm_scratch_floats(const PackedWeights& w);
 
 // Build the prepacked form from the wire format (custom_ops/README.md). `packed` must
 // already be validated to hold exactly the expected number of bytes.
+// `full_codes`: also build PackedWeights::codes (when the codes span more than one sub-plane).
 void prepack(PackedWeights& out, int K, int N, int group_size, const int* slice_bits, int num_slices,
-             const uint8_t* packed, const float* scales, const uint8_t* zeros);
+             const uint8_t* packed, const float* scales, const uint8_t* zeros, bool full_codes = false);
 
 // Per-ISA tables. A table getter returns nullptr when its ISA is not compiled in.
 const KernelTable* kernels_ref();

@@ -131,7 +131,7 @@ Attrs read_attrs(const Ort::ConstKernelInfo& info) {
 // Checks the weight inputs (packed, scales, zeros) against the attributes and prepacks them.
 template <typename Value>
 void check_and_prepack(const Attrs& at, const Value& packed, const Value& scales, const Value& zeros,
-                       mbq::PackedWeights& out) {
+                       mbq::PackedWeights& out, bool full_codes) {
   auto info_of = [](const Value& v) { return v.GetTensorTypeAndShapeInfo(); };
   const auto pi = info_of(packed), si = info_of(scales), zi = info_of(zeros);
   if (pi.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
@@ -157,7 +157,7 @@ void check_and_prepack(const Attrs& at, const Value& packed, const Value& scales
       fail("zeros value ", int(z[t]), " at channel ", t / at.G(), " group ", t % at.G(), " is outside 0..", (1 << total) - 1);
   }
   mbq::prepack(out, at.K, at.N, at.group_size, at.bits.data(), static_cast<int>(at.bits.size()),
-               packed.template GetTensorData<uint8_t>(), scales.template GetTensorData<float>(), z);
+               packed.template GetTensorData<uint8_t>(), scales.template GetTensorData<float>(), z, full_codes);
 }
 
 OrtStatusPtr to_status(const std::exception& e) {
@@ -184,10 +184,13 @@ struct Kernel {
     Ort::ConstValue zeros = info.GetTensorConstantInput(4, &c4);
     if (c2 && c3 && c4) {
       auto w = std::make_shared<mbq::PackedWeights>();
-      check_and_prepack(attrs, packed, scales, zeros, *w);
+      check_and_prepack(attrs, packed, scales, zeros, *w, wants_full_codes());
       constant_weights = std::move(w);
     }
   }
+
+  // Full codes serve only the int8 decode of tables that use them (one extra byte per weight).
+  bool wants_full_codes() const { return attrs.accuracy_level == 4 && table->full_codes; }
 
   void Compute(OrtKernelContext* raw) const;
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) const {
@@ -251,7 +254,7 @@ void Kernel::Compute(OrtKernelContext* raw) const {
   std::shared_ptr<const mbq::PackedWeights> w = constant_weights;
   if (!w) {
     auto fresh = std::make_shared<mbq::PackedWeights>();
-    check_and_prepack(attrs, ctx.GetInput(2), ctx.GetInput(3), ctx.GetInput(4), *fresh);
+    check_and_prepack(attrs, ctx.GetInput(2), ctx.GetInput(3), ctx.GetInput(4), *fresh, wants_full_codes());
     w = std::move(fresh);
   }
 
@@ -322,9 +325,15 @@ void Kernel::Compute(OrtKernelContext* raw) const {
       ws.qasum.resize(static_cast<size_t>(G) * rows);
       for (int r = 0; r < rows; ++r) {
         int8_t* qa = ws.qa.data() + r * stride;
-        mbq::quantize_row_q8(*w, t.a + static_cast<size_t>(r) * Kp, qa, ws.qscale.data() + r * nqs,
-                             ws.qasum.data() + static_cast<size_t>(r) * G);
-        if (table->q8_prepare) table->q8_prepare(*w, qa);
+        const float* ar = t.a + static_cast<size_t>(r) * Kp;
+        float* qs = ws.qscale.data() + r * nqs;
+        float* qsum = ws.qasum.data() + static_cast<size_t>(r) * G;
+        if (table->quantize_q8) {
+          table->quantize_q8(*w, k, ar, qa, qs, qsum);
+        } else {
+          mbq::quantize_row_q8(*w, ar, qa, qs, qsum);
+          if (table->q8_prepare) table->q8_prepare(*w, k, qa);
+        }
       }
       t.qa = ws.qa.data();
       t.qa_stride = stride;

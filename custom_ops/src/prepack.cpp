@@ -56,7 +56,7 @@ void quantize_row_q8(const PackedWeights& w, const float* a, int8_t* qa, float* 
 size_t gemm_scratch_floats(const PackedWeights& w) { return static_cast<size_t>(w.Kp) * 8 + 64; }
 
 void prepack(PackedWeights& out, int K, int N, int group_size, const int* slice_bits, int num_slices,
-             const uint8_t* packed, const float* scales, const uint8_t* zeros) {
+             const uint8_t* packed, const float* scales, const uint8_t* zeros, bool full_codes) {
   out.K = K;
   out.N = N;
   out.group_size = group_size;
@@ -78,6 +78,7 @@ void prepack(PackedWeights& out, int K, int N, int group_size, const int* slice_
   for (int j = 0; j < num_slices; ++j) {
     const int b = slice_bits[j];
     cum += b;
+    out.prefix_bits[j + 1] = cum;
     const int slice_lo = total - cum;
     int widths[4];
     const int nw = split_width(b, widths);
@@ -133,6 +134,27 @@ void prepack(PackedWeights& out, int K, int N, int group_size, const int* slice_
         }
       }
     }
+  }
+
+  // Full codes: the sum of every sub-plane's value << shift, as one 8-bit sub-plane.
+  out.codes = SubPlane{};
+  if (full_codes && np > 1) {
+    out.codes.bits = 8;
+    out.codes.row_bytes = blocks * kBlock;
+    out.code_storage.assign(out.codes.row_bytes * static_cast<size_t>(N) + 128, 0);  // slack as above
+    out.codes.data = out.code_storage.data();
+    uint8_t vals[kBlock];
+    for (int n = 0; n < N; ++n) {
+      uint8_t* dst = out.code_storage.data() + static_cast<size_t>(n) * out.codes.row_bytes;
+      for (size_t blk = 0; blk < blocks; ++blk) {
+        for (int p = 0; p < np; ++p) {
+          expand_block_scalar(out.sub[p], n, static_cast<int>(blk), vals);
+          for (int i = 0; i < kBlock; ++i) dst[blk * kBlock + i] = static_cast<uint8_t>(dst[blk * kBlock + i] | (vals[i] << out.sub[p].shift));
+        }
+      }
+    }
+  } else {
+    std::vector<uint8_t>().swap(out.code_storage);
   }
 
   const size_t ng = static_cast<size_t>(N) * out.G;

@@ -321,7 +321,7 @@ def test_forced_kernel_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("kernel", [k for k in KERNELS if k != "ref"])
-@pytest.mark.parametrize("group", [16, 128, 256])
+@pytest.mark.parametrize("group", [16, 32, 64, 128, 256])
 @pytest.mark.parametrize("bits", SLICE_CONFIGS, ids=lambda b: "-".join(map(str, b)))
 def test_int8_activation_path(
     bits: tuple[int, ...], group: int, kernel: str, monkeypatch: pytest.MonkeyPatch
@@ -359,8 +359,13 @@ def test_int8_activation_path(
         scale = float(np.abs(expected).max())
         assert float(np.abs(y - y_ref).max()) <= 2e-5 * scale
         assert 1e-6 * scale < float(np.abs(y_ref - expected).max()) <= 3e-2 * scale
-    else:
-        assert_close(y, expected)
+    else:  # float GEMM, except a bucket of one row (a decode row: int8 like the portable table)
+        single = np.isin(counts, [c for c in set(counts.tolist()) if (counts == c).sum() == 1])
+        assert_close(y[~single], expected[~single])
+        if single.any():
+            (y_ref,) = ref.run(None, feeds)
+            scale = float(np.abs(expected).max())
+            assert float(np.abs(y[single] - y_ref[single]).max()) <= 2e-5 * scale
 
 
 def test_bad_accuracy_level() -> None:
