@@ -192,7 +192,7 @@ def export_artifact(
         raise ExportError(f"--lm-head {lm_head!r}: expected one of {', '.join(LM_HEAD_CHOICES)}")
 
     output = Path(output)
-    stages = ["load artifact", "trace + export ONNX", "tokenizer, config, op library"] + (
+    stages = ["load artifact", "build ONNX graph", "tokenizer, config, op library"] + (
         ["ORT format"] if ort_format else []
     )
     bar = tqdm(total=len(stages), desc="export", unit="step", disable=not progress)
