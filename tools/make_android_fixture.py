@@ -6,7 +6,9 @@ AAR's native libraries are Android builds), so its tests replay what the Python 
 ORT call of ``mbq_onnx.runtime.generate`` (the feeds it got — input ids, attention-mask length,
 position ids, τ, forced slices — and the logits and slice counts it returned) plus every latency
 fed to the controller. The Java test feeds the same logits and latencies through its own loop and
-must reproduce the Python decisions, tokens and statistics.
+must reproduce the Python decisions, tokens and statistics. A lean graph (``"graph": "lean"``) is
+recorded at ``MbqSession._run_shared`` (its feeds go through an IOBinding): no position ids
+(``position_ids`` is null), ``logits_to_keep`` 1, the attention mask ``past + s`` long.
 
 Traces (both greedy, 16 new tokens at most, one intra-op thread):
 
@@ -95,6 +97,41 @@ class _RecordingOrtSession:
         return outs
 
 
+def _recording_run_shared(session: Any, calls: list[dict[str, Any]]) -> Any:
+    """``session._run_shared`` (a lean graph's call) wrapped to append each call's feeds and outputs."""
+    inner = session._run_shared
+
+    def run_shared(
+        input_ids: np.ndarray,
+        cache: Any,
+        tau: float,
+        force_slices: int,
+        attention_mask: np.ndarray | None,
+        all_positions: bool,
+    ) -> Any:
+        past = cache.length
+        out = inner(input_ids, cache, tau, force_slices, attention_mask, all_positions)
+        s = int(input_ids.shape[1])
+        logits = out.logits[0, -1] if all_positions else out.logits[0]
+        counts = out.slice_counts
+        calls.append(
+            {
+                "input_ids": [int(t) for t in input_ids[0]],
+                "past_length": int(past),
+                "attention_mask_length": past + s if attention_mask is None else int(attention_mask.shape[1]),
+                "position_ids": None,  # a lean graph computes positions from the attention mask
+                "logits_to_keep": s if all_positions else 1,
+                "tau": float(np.float32(tau)),
+                "force_slices": int(force_slices),
+                "logits": [float(x) for x in logits.astype(np.float32)],
+                "slice_counts": [int(c) for c in counts[:, 0, -1]] if counts.ndim == 3 else [],
+            }
+        )
+        return out
+
+    return run_shared
+
+
 def record_trace(
     session: Any, name: str, controller: Any, stop_token_ids: list[int], controller_json: dict[str, Any]
 ) -> dict[str, Any]:
@@ -102,6 +139,8 @@ def record_trace(
     from mbq_onnx.runtime import Sampling, generate
 
     recorder = _RecordingOrtSession(session.session, [o.name for o in session.session.get_outputs()])
+    if session.shared_kv:  # a lean graph runs through an IOBinding, not session.run
+        session._run_shared = _recording_run_shared(session, recorder.calls)
     measured: list[float] = []
     update = controller.update
 
@@ -123,6 +162,7 @@ def record_trace(
         )
     finally:
         session.session = recorder._inner
+        session.__dict__.pop("_run_shared", None)
         controller.update = update
     summary = result.summary()
     calls = recorder.calls
