@@ -68,7 +68,7 @@ class _HFStyle:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifact", type=Path, required=True)
-    p.add_argument("--texts", default="sotu,moby")
+    p.add_argument("--texts", default="sotu-2000+,moby-dick")
     p.add_argument("--windows", type=int, default=20, help="windows of 2,048 tokens per text (default 20)")
     p.add_argument("--taus", default="0.05", help="τ points besides the forced counts")
     p.add_argument("--accuracy-level", type=int, default=4)
