@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", type=Path, required=True)
     p.add_argument("--texts", default="sotu-2000+,moby-dick")
     p.add_argument("--windows", type=int, default=20, help="windows of 2,048 tokens per text (default 20)")
+    p.add_argument("--slices", default="1,3", help="forced slice counts to score (default 1,3)")
     p.add_argument("--taus", default="0.05", help="τ points besides the forced counts")
     p.add_argument("--accuracy-level", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
@@ -84,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     tok = Tokenizer.from_file(str(args.artifact / "tokenizer.json"))
     dirs = {h: export(args.artifact, h, args.accuracy_level) for h in HEADS}
     sessions = {h: MbqSession(d, threads=args.threads) for h, d in dirs.items()}
-    S = sessions["float"].config.num_slices
-    points = [(0.0, k) for k in range(1, S + 1)] + [(float(t), 0) for t in args.taus.split(",") if t]
+    points = [(0.0, int(k)) for k in args.slices.split(",") if k]
+    points += [(float(t), 0) for t in args.taus.split(",") if t]
     rng = np.random.default_rng(0)
     rows = []
     encode = _HFStyle(tok)
