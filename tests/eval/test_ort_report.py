@@ -99,10 +99,12 @@ def test_forced_rows_decode_at_their_bits_and_tau_rows_inside_the_range(report):
                 assert sp["decode_avg_bits"] == pytest.approx(row["bits"])
         if row["method"] == "mbq-tau":
             for text, res in row["ort"]["results"].items():
-                assert 4.0 <= res["avg_bits"] <= 8.0
-                assert res["avg_bits"] == pytest.approx(row["results"][text]["avg_bits"], abs=0.05)
+                assert 4.0 <= res["avg_bits_per_weight"] <= 8.0
+                assert res["avg_bits_per_weight"] == pytest.approx(
+                    row["results"][text]["avg_bits_per_weight"], abs=0.05
+                )
     taus = sorted((r for r in rep["rows"] if r["method"] == "mbq-tau"), key=lambda r: r["tau"])
-    bits = [np.mean([res["avg_bits"] for res in r["ort"]["results"].values()]) for r in taus]
+    bits = [np.mean([res["avg_bits_per_weight"] for res in r["ort"]["results"].values()]) for r in taus]
     assert bits[0] > bits[1]  # higher τ → fewer slices, in ORT as in PyTorch
 
 
