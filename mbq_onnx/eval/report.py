@@ -17,7 +17,8 @@ each row is one evaluated model::
      # rows that ran in ONNX Runtime (float32, MoBiQuant, MatMulNBits):
      "ort": {"model_dir": str, "file_bytes": int, "results": {...},
              "agreement": {text: |ppl_ort / ppl_torch - 1|}},
-     "speed": {"<threads>": {"prefill_tok_s", "decode_tok_s", "decode_ms", "decode_avg_bits", ...}}}
+     "speed": {"<threads>": {"prefill_tok_s", "decode_tok_s", "decode_ms", "decode_avg_bits_per_weight",
+                             ...}}}
 
 ``results`` come from PyTorch, except for ``matmul-nbits`` rows (ORT only, ``"backend": "ort"``).
 Intervals: percentile bootstrap over windows (``settings.bootstrap``); a ratio's interval is paired (the
