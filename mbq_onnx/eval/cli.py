@@ -271,7 +271,7 @@ def _previous_rows(output: Path, settings: dict[str, Any], texts: list[str]) -> 
         return {}
     old = json.loads(path.read_text())
     same = old.get("texts") == texts and all(
-        old.get("settings", {}).get(k) == settings.get(k) for k in RESUME_KEYS
+        (old.get("settings", {}).get(k) or None) == (settings.get(k) or None) for k in RESUME_KEYS
     )
     if not same:
         print(f"--resume: {path} was made with other settings; starting afresh", file=sys.stderr)
