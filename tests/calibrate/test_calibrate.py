@@ -59,7 +59,7 @@ def test_tau_table_is_monotone_and_spans_precisions(calibrated):
     _, result = calibrated
     table = result.tau_table
     assert [r["tau"] for r in table] == sorted(r["tau"] for r in table)
-    bits = [r["avg_bits"] for r in table]
+    bits = [r["avg_bits_per_call"] for r in table]
     assert all(a >= b - 1e-9 for a, b in itertools.pairwise(bits)), bits
     assert all(SPEC.cum_bits[0] <= b <= SPEC.total_bits for b in bits)
     assert bits[0] > bits[-1]
@@ -108,7 +108,7 @@ def test_block_router_artifact(tiny_llama, tmp_path):
     with torch.no_grad():
         built(input_ids=_ids(3, n=1))
     assert len(ctx.records) == 2  # one count tensor per block
-    assert result.tau_table[0]["avg_bits"] >= result.tau_table[-1]["avg_bits"]
+    assert result.tau_table[0]["avg_bits_per_call"] >= result.tau_table[-1]["avg_bits_per_call"]
 
 
 def test_single_precision_mode(tiny_llama):
