@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..model.artifact import TAU_TABLE_BITS
 from ..quant.spec import QuantSpec
 from .config import PRESETS, ROUTER_GRANULARITIES
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "precisions": precisions,
     }
     path = write_artifact(out, model, result, tokenizer=tokenizer, source=source, overwrite=True)
-    table = ", ".join(f"τ={r['tau']:.2f}→{r['avg_bits']:.2f}b" for r in result.tau_table[::6])
+    table = ", ".join(f"τ={r['tau']:.2f}→{r[TAU_TABLE_BITS]:.2f}b" for r in result.tau_table[::6])
     print(f"wrote {path} in {time.perf_counter() - t0:.0f} s" + (f" ({table})" if table else ""))
     return 0
 

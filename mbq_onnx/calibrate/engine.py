@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ..model.artifact import TAU_TABLE_BITS
 from ..model.routing import SliceRouter, slice_counts, slice_gates
 from ..quant import residual
 from ..quant.spec import QuantSpec
@@ -150,7 +151,7 @@ class _CountStats:
         if not self.tokens:
             return []
         return [
-            {"tau": round(t, 4), "avg_slices": s / self.tokens, "avg_bits": b / self.tokens}
+            {"tau": round(t, 4), "avg_slices": s / self.tokens, TAU_TABLE_BITS: b / self.tokens}
             for t, s, b in zip(self.tau.tolist(), self.slices.tolist(), self.bits.tolist(), strict=True)
         ]
 
@@ -178,7 +179,7 @@ class _BlockCalibrator:
             router = None
             if per_linear:
                 router = SliceRouter(linear.in_features, spec.num_slices, cfg.router_hidden)
-            wrapped = CalibLinear(linear, spec, router)
+            wrapped = CalibLinear(linear, spec, router, train_tau=cfg.train_tau)
             self.wrapped[name] = wrapped
             _set_submodule(block, name, wrapped)
         self.block_router: SliceRouter | None = None

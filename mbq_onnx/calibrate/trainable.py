@@ -45,9 +45,16 @@ def clipped_minmax_params(w: Tensor, spec: QuantSpec, lo: Tensor, hi: Tensor) ->
 
 
 class CalibLinear(nn.Module):
-    """Wraps ``linear`` (weight frozen) with LWC factors ``[N, G]`` and an optional per-linear router."""
+    """Wraps ``linear`` (weight frozen) with LWC factors ``[N, G]`` and an optional per-linear router;
+    ``train_tau``: the threshold of its router's hard gates in routed mode (``CalibConfig.train_tau``)."""
 
-    def __init__(self, linear: nn.Linear, spec: QuantSpec, router: SliceRouter | None = None):
+    def __init__(
+        self,
+        linear: nn.Linear,
+        spec: QuantSpec,
+        router: SliceRouter | None = None,
+        train_tau: float = 0.5,
+    ):
         super().__init__()
         self.spec = spec
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -60,7 +67,9 @@ class CalibLinear(nn.Module):
         self.router = router
         self.mode: int | str | None = None
         self.use_lwc = True
-        self.train_tau = 0.5
+        if not 0.0 < train_tau < 1.0:
+            raise ValueError(f"train_tau {train_tau} must lie strictly between 0 and 1")
+        self.train_tau = float(train_tau)
         self.block_gates: Tensor | None = None  # [..., S-1] gates set by a block router (routed mode)
         self.last_bits: Tensor | None = None  # soft expected bits per token, set in routed mode
         self.count_stats: Any = None  # when set, ``count_stats.add(router_logits)`` on fixed-mode forwards

@@ -1,11 +1,23 @@
 """Evaluation: held-out perplexity (any logits function: PyTorch, ONNX Runtime) and quality reports."""
 
-from .perplexity import LogitsFn, PerplexityResult, eval_windows, perplexity, torch_logits_fn, window_nll
-from .report import check_report, markdown_table, write_report
+from .perplexity import (
+    LogitsFn,
+    PerplexityResult,
+    bootstrap_ppl,
+    bootstrap_ratio,
+    eval_windows,
+    perplexity,
+    torch_logits_fn,
+    window_nll,
+)
+from .report import annotate_report, check_report, markdown_table, write_report
 
 __all__ = [
     "LogitsFn",
     "PerplexityResult",
+    "annotate_report",
+    "bootstrap_ppl",
+    "bootstrap_ratio",
     "check_report",
     "eval_windows",
     "markdown_table",

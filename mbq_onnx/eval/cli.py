@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -10,7 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mbq_onnx.model.artifact import tau_table_bits as table_bits
+
 from .ort_rows import DEFAULT_TOLERANCE
+from .perplexity import DEFAULT_MAX_WINDOWS
+from .report import upgrade_row
 from .speed import DEFAULT_DECODE_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPEATS
 
 TEXT_ALIASES = {
@@ -96,9 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of τ for the sweep (default: points spread over the artifact's τ table), or 'none'",
     )
     p.add_argument("--no-uniform", action="store_true", help="skip MoBiQuant at each uniform slice count")
-    p.add_argument("--texts", default="sotu,moby", help="held-out texts: sotu (SOTU 2000+), moby (Moby-Dick)")
+    p.add_argument(
+        "--no-random",
+        action="store_true",
+        help="skip the random-routing baseline of each τ row (random per-token slice counts, same bits)",
+    )
+    p.add_argument(
+        "--texts",
+        default="sotu,moby",
+        help="named held-out texts: sotu (SOTU 2000+), moby (Moby-Dick), or 'none' (only --text files)",
+    )
+    p.add_argument(
+        "--text",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also score this UTF-8 text file (repeatable); its rows are labelled by the file's stem",
+    )
     p.add_argument("--window", type=int, help="tokens per non-overlapping window (default 2048; --quick 256)")
-    p.add_argument("--max-windows", type=int, default=20, help="windows per text (default %(default)s)")
+    p.add_argument(
+        "--max-windows",
+        type=int,
+        default=DEFAULT_MAX_WINDOWS,
+        help="windows per text: all available up to this many (default %(default)s)",
+    )
     p.add_argument("--max-tokens", type=int, help="use at most the first N tokens of each text")
     p.add_argument(
         "--quick",
@@ -163,12 +190,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _texts(arg: str) -> list[str]:
+def _texts(arg: str, files: list[Path] | None = None) -> list[str]:
+    if arg.strip().lower() == "none":
+        if not files:
+            raise UsageError("--texts none needs at least one --text FILE")
+        return []
     names = [t.strip() for t in arg.split(",") if t.strip()]
     unknown = [t for t in names if t not in TEXT_ALIASES]
     if unknown or not names:
-        raise UsageError(f"--texts {arg!r}: unknown {unknown}; choose from sotu, moby")
+        raise UsageError(f"--texts {arg!r}: unknown {unknown}; choose from sotu, moby, or none")
     return list(dict.fromkeys(TEXT_ALIASES[t] for t in names))
+
+
+def read_text_file(path: Path) -> str:
+    """The contents of a user's ``--text`` file; a clear error naming it when it cannot be read as UTF-8."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--text {path}: the file does not exist")
+    if not path.is_file():
+        raise ValueError(f"--text {path}: not a regular file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"--text {path}: cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"--text {path}: not UTF-8 text (invalid byte 0x{data[e.start]:02x} at offset {e.start}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
+def text_file_names(files: list[Path], named: list[str]) -> list[str]:
+    """Text names of ``--text`` files: each file's stem (a usage error when two names collide)."""
+    names = [Path(f).stem for f in files]
+    clash = sorted({n for n in names if names.count(n) > 1 or n in named})
+    if clash:
+        raise UsageError(f"--text: the text names {clash} (file stems) are not unique; rename the files")
+    return names
+
+
+def tokens_needed(window: int, max_tokens: int | None) -> int:
+    """Tokens a text needs: one full window (or ``max_tokens`` when that is fewer)."""
+    return min(window, max_tokens) if max_tokens is not None else window
 
 
 def _baselines(arg: str) -> list[str]:
@@ -185,16 +250,16 @@ def _baselines(arg: str) -> list[str]:
 
 def pick_taus(tau_table: list[dict[str, float]], count: int) -> list[float]:
     """``count`` τ values from a calibration τ table whose average bits are spread evenly over its range."""
-    rows = [r for r in tau_table if "tau" in r and "avg_bits" in r]
+    rows = [(r["tau"], b) for r in tau_table if "tau" in r and (b := table_bits(r)) is not None]
     if not rows:
         return [round(0.1 + 0.8 * i / max(count - 1, 1), 3) for i in range(count)]
-    lo, hi = min(r["avg_bits"] for r in rows), max(r["avg_bits"] for r in rows)
+    lo, hi = min(b for _, b in rows), max(b for _, b in rows)
     targets = [lo + (hi - lo) * i / max(count - 1, 1) for i in range(count)]
-    picked = {min(rows, key=lambda r, t=t: abs(r["avg_bits"] - t))["tau"] for t in targets}
+    picked = {min(rows, key=lambda r, t=t: abs(r[1] - t))[0] for t in targets}
     return sorted(float(t) for t in picked)
 
 
-RESUME_KEYS = ("model", "window", "max_windows", "max_tokens")
+RESUME_KEYS = ("model", "window", "max_windows", "max_tokens", "text_files")
 
 
 def _previous_rows(output: Path, settings: dict[str, Any], texts: list[str]) -> dict[str, dict[str, Any]]:
@@ -206,12 +271,12 @@ def _previous_rows(output: Path, settings: dict[str, Any], texts: list[str]) -> 
         return {}
     old = json.loads(path.read_text())
     same = old.get("texts") == texts and all(
-        old.get("settings", {}).get(k) == settings[k] for k in RESUME_KEYS
+        (old.get("settings", {}).get(k) or None) == (settings.get(k) or None) for k in RESUME_KEYS
     )
     if not same:
         print(f"--resume: {path} was made with other settings; starting afresh", file=sys.stderr)
         return {}
-    rows = {r["label"]: r for r in old.get("rows", [])}
+    rows = {r["label"]: upgrade_row(r) for r in old.get("rows", [])}
     if old.get("settings", {}).get("ort") != settings.get("ort"):  # ORT numbers of other settings: redo
         rows = {k: r for k, r in rows.items() if r.get("backend") != "ort"}
         for r in rows.values():
@@ -266,6 +331,8 @@ def _ort_settings(args: argparse.Namespace, group_size: int) -> Any:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import numpy as np
+
     from mbq_onnx import assets
     from mbq_onnx.baselines import BaselineSpec
     from mbq_onnx.baselines.single import artifact_calib_settings
@@ -273,9 +340,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from mbq_onnx.model.artifact import load_artifact
 
     from . import variants as V
-    from .report import check_report, new_report, write_report
+    from .report import BITS_KEY, bits_of, check_report, new_report, ppl_cell, write_report
 
-    texts = _texts(args.texts)
+    files = list(args.text)
+    texts = _texts(args.texts, files)
+    file_names = text_file_names(files, texts)
+    file_texts = {name: read_text_file(f) for name, f in zip(file_names, files, strict=True)}
     baselines = _baselines(args.baselines or ("rtn,gptq,single" if args.artifact is not None else "rtn,gptq"))
     window = args.window or (QUICK["window"] if args.quick else 2048)
     max_tokens = (
@@ -325,6 +395,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ids = {name: assets.heldout_ids(tokenizer, name).numpy() for name in texts}
+    needed = tokens_needed(window, max_tokens)
+    for (name, text), path in zip(file_texts.items(), files, strict=True):
+        tok = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        if tok.size < needed:
+            raise ValueError(
+                f"--text {path}: {tok.size} tokens, need at least {needed} (one window of --window {window}"
+                + (
+                    f", or --max-tokens {max_tokens}"
+                    if max_tokens is not None and max_tokens < window
+                    else ""
+                )
+                + ")"
+            )
+        ids[name] = tok
+    named_texts, texts = texts, [*texts, *file_names]
     setup = V.EvalSetup(
         texts=ids, window=window, max_windows=args.max_windows, max_tokens=max_tokens, progress=progress
     )
@@ -342,8 +427,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_windows": args.max_windows,
         "max_tokens": max_tokens,
         "quick": args.quick,
+        "text_files": {
+            name: {"file": _shown(f), "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]}
+            for name, f in zip(file_names, files, strict=True)
+        },
         "bos": False,
-        "avg_bits": "per weight of the decoder linears, weighted by weights read per token",
+        BITS_KEY: "per weight of the decoder linears, weighted by weights read per token",
+        "random_routing_seed": V.RANDOM_ROUTING_SEED,
         "command": "python -m mbq_onnx.eval " + " ".join(getattr(args, "argv", [])),
         "torch_threads": torch.get_num_threads(),
     }
@@ -361,9 +451,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             report["rows"].append(row)
         write_report(report, args.output, plot=False)
-        short = ", ".join(
-            f"{t}: {r['ppl']:.3f} @ {r['avg_bits']:.2f} bits" for t, r in row["results"].items()
-        )
+        short = ", ".join(f"{t}: {ppl_cell(r)} @ {bits_of(r):.2f} bits" for t, r in row["results"].items())
         if "ort" in row and "agreement" in row["ort"]:
             short += f"; ORT gap {max(row['ort']['agreement'].values()):.1e}"
         for t, sp in (row.get("speed") or {}).items():
@@ -431,9 +519,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 V.label("mbq-tau", tau=tau),
                 lambda tau=tau: V.eval_mbq_tau(setup, artifact, tau, model=mbq, combine_max=combine_max),
             )
+        if not args.no_random:
+            tau_rows = {r["label"]: r for r in report["rows"] if r["method"] == "mbq-tau"}
+            for tau in taus:
+                tau_row = tau_rows[V.label("mbq-tau", tau=tau)]
+                maybe(
+                    V.label("mbq-random", tau=tau),
+                    lambda tau_row=tau_row: V.eval_mbq_random(setup, artifact, tau_row, model=mbq),
+                )
     if ort_settings is not None:
         mbq_model = mbq if artifact is not None else None
-        _ort_stage(report, setup, ort_settings, model_dir, artifact, mbq_model, ids[texts[0]], add, maybe)
+        speed_text = (named_texts or texts)[0]  # a long named text when there is one
+        _ort_stage(report, setup, ort_settings, model_dir, artifact, mbq_model, ids[speed_text], add, maybe)
     report["settings"]["seconds"] = round(time.time() - started, 1)
     paths = write_report(report, args.output, plot=not args.no_plot)
     problems = check_report(report)

@@ -4,15 +4,26 @@
 A report is a dict ``{"format": "mbq-quality", "settings": {...}, "texts": [...], "rows": [row, ...]}``;
 each row is one evaluated model::
 
-    {"method": "float"|"rtn"|"gptq"|"single"|"mbq-uniform"|"mbq-tau"|"matmul-nbits", "label": str,
-     "bits": nominal bits or None (τ rows), "group_size": int|None, "slices": int|None, "tau": float|None,
-     "model_bytes": int, "results": {text: {"ppl", "avg_bits", "nll", "tokens", "windows", "window"}},
+    {"method": "float"|"rtn"|"gptq"|"single"|"mbq-uniform"|"mbq-tau"|"mbq-random"|"matmul-nbits",
+     "label": str, "bits": nominal bits or None (τ and random-routing rows), "group_size": int|None,
+     "slices": int|None, "tau": float|None, "model_bytes": int,
+     "results": {text: {"ppl", "ci95": [lo, hi], "avg_bits_per_weight", "nll", "tokens", "windows",
+                        "window", "window_nll": [...], "window_tokens": [...],
+                        # filled by annotate_report (write_report):
+                        "vs_float": {"ratio", "ci95"},            # paired, on the same windows
+                        # τ rows only:
+                        "interpolated_ppl", "interpolated_between": [bits_lo, bits_hi],
+                        "random_ppl", "vs_random": {"ratio", "ci95"}, "below_both": bool}},
      # rows that ran in ONNX Runtime (float32, MoBiQuant, MatMulNBits):
      "ort": {"model_dir": str, "file_bytes": int, "results": {...},
              "agreement": {text: |ppl_ort / ppl_torch - 1|}},
-     "speed": {"<threads>": {"prefill_tok_s", "decode_tok_s", "decode_ms", "decode_avg_bits", ...}}}
+     "speed": {"<threads>": {"prefill_tok_s", "decode_tok_s", "decode_ms", "decode_avg_bits_per_weight",
+                             ...}}}
 
 ``results`` come from PyTorch, except for ``matmul-nbits`` rows (ORT only, ``"backend": "ort"``).
+Intervals: percentile bootstrap over windows (``settings.bootstrap``); a ratio's interval is paired (the
+same resampled windows for both rows). Reports written before ``avg_bits_per_weight`` used ``avg_bits``
+(same meaning); :func:`bits_of` reads either.
 """
 
 from __future__ import annotations
@@ -26,10 +37,113 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import replace_file, write_file
+from .perplexity import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL, bootstrap_ratio
 
 REPORT_FORMAT = "mbq-quality"
-METHODS = ("float", "rtn", "gptq", "single", "mbq-uniform", "mbq-tau", "matmul-nbits")
+METHODS = ("float", "rtn", "gptq", "single", "mbq-uniform", "mbq-tau", "mbq-random", "matmul-nbits")
 FLOAT_BITS = 32.0
+#: Key of a result's average bits per decoder-linear weight read; ``avg_bits`` in older reports.
+BITS_KEY = "avg_bits_per_weight"
+OLD_BITS_KEY = "avg_bits"
+BOOTSTRAP = {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": CI_LEVEL, "over": "windows"}
+
+
+def bits_of(res: dict[str, Any]) -> float | None:
+    """A result's average bits per weight (new or old key)."""
+    v = res.get(BITS_KEY, res.get(OLD_BITS_KEY))
+    return None if v is None else float(v)
+
+
+def upgrade_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An old report row with ``avg_bits`` results renamed to ``avg_bits_per_weight`` (in place)."""
+    for results in (row.get("results") or {}, (row.get("ort") or {}).get("results") or {}):
+        for res in results.values():
+            if OLD_BITS_KEY in res:
+                res.setdefault(BITS_KEY, res.pop(OLD_BITS_KEY))
+    return row
+
+
+def _paired(res: dict[str, Any], ref: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``{"ratio", "ci95"}`` of ``res`` over ``ref`` when both kept the same windows, else None."""
+    if ref is None or res is ref or not res.get("window_nll") or not ref.get("window_nll"):
+        return None
+    if res.get("window_tokens") != ref.get("window_tokens"):
+        return None
+    ratio, lo, hi = bootstrap_ratio(
+        res["window_nll"], res["window_tokens"], ref["window_nll"], ref["window_tokens"]
+    )
+    return {"ratio": ratio, "ci95": [lo, hi]}
+
+
+def _interpolate(bits: float, uniform: list[tuple[float, float]]) -> tuple[float, float, float] | None:
+    """Straight line between the uniform points ``(bits, ppl)`` bracketing ``bits``: ``(ppl, lo, hi)``."""
+    pts = sorted(uniform)
+    for (b0, p0), (b1, p1) in itertools.pairwise(pts):
+        if b0 - 1e-9 <= bits <= b1 + 1e-9 and b1 > b0:
+            return p0 + (bits - b0) / (b1 - b0) * (p1 - p0), b0, b1
+    return None
+
+
+def annotate_report(report: dict[str, Any]) -> dict[str, Any]:
+    """Fill the derived comparisons of every row (in place; idempotent): paired ratios vs float32 on the
+    same windows (PyTorch results vs the float row's, ORT results vs its ORT results), and for τ rows the
+    alternating-precision interpolation between the bracketing uniform slice counts of the same artifact,
+    the random-routing row at the same bits, and whether the τ point is below both."""
+    report.setdefault("settings", {})["bootstrap"] = dict(BOOTSTRAP)
+    rows = report.get("rows") or []
+    for row in rows:
+        upgrade_row(row)
+    float_row = next((r for r in rows if r.get("method") == "float"), None) or {}
+    float_torch = float_row.get("results") or {}
+    float_ort = (float_row.get("ort") or {}).get("results") or {}
+    for row in rows:
+        if row is float_row:
+            continue
+        # ORT-only rows compare with the float row's ORT scores when there are any
+        refs = {**float_torch, **float_ort} if row.get("backend") == "ort" else float_torch
+        for results, ref in (
+            (row.get("results") or {}, refs),
+            ((row.get("ort") or {}).get("results") or {}, float_ort),
+        ):
+            for text, res in results.items():
+                res.pop("vs_float", None)
+                if (paired := _paired(res, ref.get(text))) is not None:
+                    res["vs_float"] = paired
+    for row in rows:
+        if row.get("method") != "mbq-tau":
+            continue
+        uniform = [
+            r for r in rows if r.get("method") == "mbq-uniform" and r.get("artifact") == row.get("artifact")
+        ]
+        random_row = next(
+            (
+                r
+                for r in rows
+                if r.get("method") == "mbq-random"
+                and r.get("artifact") == row.get("artifact")
+                and r.get("tau") == row.get("tau")
+            ),
+            None,
+        )
+        for text, res in row.get("results", {}).items():
+            for key in ("interpolated_ppl", "interpolated_between", "random_ppl", "vs_random", "below_both"):
+                res.pop(key, None)
+            pts = [
+                (bits_of(r["results"][text]), r["results"][text]["ppl"])
+                for r in uniform
+                if text in r["results"]
+            ]
+            interp = _interpolate(bits_of(res), pts) if bits_of(res) is not None else None
+            if interp is not None:
+                res["interpolated_ppl"], res["interpolated_between"] = interp[0], [interp[1], interp[2]]
+            rnd = (random_row or {}).get("results", {}).get(text)
+            if rnd is not None:
+                res["random_ppl"] = rnd["ppl"]
+                if (paired := _paired(res, rnd)) is not None:
+                    res["vs_random"] = paired
+            if interp is not None and rnd is not None:
+                res["below_both"] = bool(res["ppl"] < interp[0] and res["ppl"] < rnd["ppl"])
+    return report
 
 
 def new_report(settings: dict[str, Any], texts: list[str]) -> dict[str, Any]:
@@ -65,11 +179,14 @@ def check_report(report: dict[str, Any]) -> list[str]:
             if res is None:
                 problems.append(f"{label}: no result for {text}")
                 continue
-            ppl, bits = res.get("ppl"), res.get("avg_bits")
+            ppl, bits = res.get("ppl"), bits_of(res)
             if not (isinstance(ppl, (int, float)) and math.isfinite(ppl) and ppl >= 1.0):
                 problems.append(f"{label} / {text}: perplexity {ppl!r} is not a finite number >= 1")
+            ci = res.get("ci95")
+            if ci is not None and not (len(ci) == 2 and 0 < ci[0] <= ci[1]):
+                problems.append(f"{label} / {text}: interval {ci!r} is not [lo, hi] with 0 < lo <= hi")
             if not (isinstance(bits, (int, float)) and 0 < bits <= FLOAT_BITS):
-                problems.append(f"{label} / {text}: avg_bits {bits!r} out of (0, 32]")
+                problems.append(f"{label} / {text}: {BITS_KEY} {bits!r} out of (0, 32]")
             elif row.get("bits") is not None and abs(bits - row["bits"]) > 1e-9:
                 problems.append(f"{label} / {text}: avg_bits {bits} differs from fixed bits {row['bits']}")
         problems += _check_ort(row, texts, report.get("settings", {}).get("ort", {}))
@@ -149,19 +266,23 @@ def markdown_table(report: dict[str, Any]) -> str:
     float_rows = [r for r in report["rows"] if r["method"] == "float"]
     float_ppl = {t: r["ppl"] for t, r in (float_rows[0]["results"] if float_rows else {}).items()}
     for row in sorted(report["rows"], key=_table_order):
-        bits = [row["results"][t]["avg_bits"] for t in texts if t in row["results"]]
+        bits = [bits_of(row["results"][t]) for t in texts if t in row["results"]]
         bits_s = (
             " / ".join(f"{b:.2f}" for b in bits) if len({round(b, 2) for b in bits}) > 1 else f"{bits[0]:.2f}"
         )
         ppls = []
         for t in texts:
-            p = row["results"].get(t, {}).get("ppl")
+            res = row["results"].get(t, {})
+            p = res.get("ppl")
             if p is None:
                 ppls.append("–")
+                continue
+            cell = ppl_cell(res)
+            if row["method"] != "float" and "vs_float" in res:
+                cell += f" ({relative_cell(res['vs_float'])})"
             elif row["method"] != "float" and t in float_ppl:
-                ppls.append(f"{p:.2f} ({100 * (p / float_ppl[t] - 1):+.1f} %)")
-            else:
-                ppls.append(f"{p:.2f}")
+                cell += f" ({100 * (p / float_ppl[t] - 1):+.1f} %)"
+            ppls.append(cell)
         speed = [_speed_cell(row, threads, k) for k in ("decode_tok_s", "prefill_tok_s")] if threads else []
         lines.append(
             "| " + " | ".join([row["label"], bits_s, f"{row['model_bytes'] / 1e6:.1f}", *ppls, *speed]) + " |"
@@ -169,10 +290,12 @@ def markdown_table(report: dict[str, Any]) -> str:
     first = report["rows"][0]["results"] if report["rows"] else {}
     sizes = ", ".join(f"{t}: {r['windows']} × {r['window']} tokens" for t, r in first.items())
     note = (
-        f"\nHeld-out perplexity on the first non-overlapping windows of each text ({sizes}), no BOS; "
-        "relative change vs float32 in parentheses. Average bits: per weight of the decoder linears "
-        "(τ rows: weighted by the weights each token reads). Model MB: decoder linears at their precision "
-        "(codes + float32 scale + uint8 zero per group), everything else float32; MatMulNBits rows: the "
+        f"\nHeld-out perplexity on the first non-overlapping windows of each text ({sizes}), no BOS, with "
+        f"its {_ci_words(report)}; relative change vs float32 in parentheses, with its paired interval (the "
+        "same resampled windows for both rows: a difference is real when its interval excludes 0). Average "
+        "bits: per weight of the decoder linears (τ rows: weighted by the weights each token reads). "
+        "Model MB: decoder linears at their precision (codes + float32 scale + uint8 zero per group), "
+        "everything else float32; MatMulNBits rows: the "
         "ONNX file. Perplexity is PyTorch's except for ORT MatMulNBits rows.\n"
     )
     if threads:
@@ -182,7 +305,78 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"{ort.get('decode_tokens')} decode steps (teacher-forced held-out text), median of "
             f"{ort.get('repeats')} runs, at {t_head.replace('T', ' thread(s)')}.\n"
         )
-    return "\n".join(lines) + "\n" + note + agreement_table(report)
+    return "\n".join(lines) + "\n" + note + routing_table(report) + agreement_table(report)
+
+
+def _ci_words(report: dict[str, Any]) -> str:
+    b = report.get("settings", {}).get("bootstrap") or BOOTSTRAP
+    level, n, seed = 100 * b["level"], b["resamples"], b["seed"]
+    return f"{level:.0f} % bootstrap interval over windows ({n} resamples, seed {seed})"
+
+
+def ppl_cell(res: dict[str, Any]) -> str:
+    """``"23.60 [23.41, 23.80]"`` (just the perplexity when the result has no interval)."""
+    ci = res.get("ci95")
+    return f"{res['ppl']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{res['ppl']:.2f}"
+
+
+def relative_cell(paired: dict[str, Any]) -> str:
+    """``"+1.2 % [+0.8, +1.6]"`` from a ``{"ratio", "ci95"}`` pair."""
+    lo, hi = paired["ci95"]
+    return f"{100 * (paired['ratio'] - 1):+.1f} % [{100 * (lo - 1):+.1f}, {100 * (hi - 1):+.1f}]"
+
+
+def routing_table(report: dict[str, Any]) -> str:
+    """Markdown: each τ row against the two references at the same average bits — the alternating-precision
+    line between the bracketing uniform slice counts and random per-token routing (empty without τ rows)."""
+    texts = report["texts"]
+    rows = sorted((r for r in report["rows"] if r["method"] == "mbq-tau"), key=lambda r: r.get("tau") or 0)
+    if not rows:
+        return ""
+    head = [
+        "τ row",
+        "text",
+        "avg bits",
+        "ppl τ",
+        "alternating (interpolated)",
+        "random routing",
+        "τ vs random (paired)",
+        "below both",
+    ]
+    lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        for t in texts:
+            res = row["results"].get(t)
+            if res is None:
+                continue
+            interp = f"{res['interpolated_ppl']:.2f}" if "interpolated_ppl" in res else "–"
+            rnd = "–"
+            random_row = next(
+                (
+                    r
+                    for r in report["rows"]
+                    if r["method"] == "mbq-random"
+                    and r.get("tau") == row.get("tau")
+                    and r.get("artifact") == row.get("artifact")
+                ),
+                None,
+            )
+            if random_row is not None and t in random_row["results"]:
+                rnd = ppl_cell(random_row["results"][t])
+            vs = relative_cell(res["vs_random"]) if "vs_random" in res else "–"
+            below = {True: "yes", False: "no"}.get(res.get("below_both"), "–")
+            lines.append(
+                "| "
+                + " | ".join([row["label"], t, f"{bits_of(res):.2f}", ppl_cell(res), interp, rnd, vs, below])
+                + " |"
+            )
+    return (
+        "\n".join(lines)
+        + "\n\nτ rows at their measured average bits: *alternating* is the straight line between the uniform "
+        "slice counts bracketing those bits (alternating the two precisions); *random routing* gives every "
+        "token of every routed call one of the two bracketing counts at random with the probability that "
+        "matches the bits. *Below both*: the routers beat both.\n"
+    )
 
 
 def agreement_table(report: dict[str, Any]) -> str:
@@ -213,6 +407,7 @@ STYLES = {
     "single": ("^", "tab:green"),
     "mbq-uniform": ("D", "tab:blue"),
     "mbq-tau": (".", "tab:red"),
+    "mbq-random": ("x", "tab:brown"),
     "matmul-nbits": ("v", "tab:purple"),
 }
 NAMES = {
@@ -221,6 +416,7 @@ NAMES = {
     "single": "same-method single precision",
     "mbq-uniform": "MoBiQuant, uniform slices",
     "mbq-tau": "MoBiQuant, τ sweep",
+    "mbq-random": "MoBiQuant, random routing at the τ bits",
     "matmul-nbits": "ORT MatMulNBits",
 }
 
@@ -242,18 +438,28 @@ def _plot_panels(
     texts = report["texts"]
     fig, axes = plt.subplots(1, len(texts), figsize=(6.5 * len(texts), 4.8), squeeze=False)
     for ax, text in zip(axes[0], texts, strict=True):
-        groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+        groups: dict[tuple, list[tuple[float, float, float, float]]] = defaultdict(list)
         for row in report["rows"]:
             res, x = row["results"].get(text), x_of(row, text)
             if res is None or x is None:
                 continue
+            lo, hi = res.get("ci95") or (res["ppl"], res["ppl"])
             if row["method"] == "float":
                 if float_as_line:
                     ax.axhline(res["ppl"], color="black", ls="--", lw=1, label=f"float32 ({res['ppl']:.2f})")
+                    if hi > lo:
+                        ax.axhspan(lo, hi, color="black", alpha=0.08, lw=0)
                 else:
-                    ax.plot([x], [res["ppl"]], "k*", ms=10, label="float32")
+                    ax.errorbar(
+                        [x],
+                        [res["ppl"]],
+                        yerr=_yerr([res["ppl"]], [lo], [hi]),
+                        fmt="k*",
+                        ms=10,
+                        label="float32",
+                    )
                 continue
-            groups[(row["method"], row.get("group_size"))].append((x, res["ppl"]))
+            groups[(row["method"], row.get("group_size"))].append((x, res["ppl"], lo, hi))
         for (method, gs), pts in sorted(
             groups.items(), key=lambda kv: (METHODS.index(kv[0][0]), kv[0][1] or 0)
         ):
@@ -262,12 +468,16 @@ def _plot_panels(
             label = NAMES[method] + (f" g{gs}" if gs and method in ("rtn", "gptq", "matmul-nbits") else "")
             connect = method in ("mbq-uniform", "mbq-tau")
             alpha = 0.55 if gs and gs != report["settings"].get("group_size") else 1.0
-            ax.plot(
-                *zip(*pts, strict=True),
+            xs, ys, los, his = (list(v) for v in zip(*pts, strict=True))
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=_yerr(ys, los, his),
                 marker=marker,
                 color=color,
                 ls="-" if connect else ":",
                 alpha=alpha,
+                capsize=2,
                 label=label,
             )
         ax.set_yscale("log")
@@ -284,12 +494,20 @@ def _plot_panels(
     plt.close(fig)
 
 
+def _yerr(ys: list[float], los: list[float], his: list[float]) -> list[list[float]]:
+    """Error-bar lengths below/above each point (never negative)."""
+    return [
+        [max(y - lo, 0.0) for y, lo in zip(ys, los, strict=True)],
+        [max(hi - y, 0.0) for y, hi in zip(ys, his, strict=True)],
+    ]
+
+
 def plot_report(report: dict[str, Any], path: Path) -> None:
     """Perplexity vs average bits, a panel per text: float line, baseline points, uniform counts, τ curve."""
     _plot_panels(
         report,
         path,
-        lambda row, text: row["results"][text]["avg_bits"] if text in row["results"] else None,
+        lambda row, text: bits_of(row["results"][text]) if text in row["results"] else None,
         "average bits per weight (decoder linears)",
         float_as_line=True,
     )
@@ -308,7 +526,8 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
 
 def write_report(report: dict[str, Any], output: Path, plot: bool = True) -> dict[str, Path]:
     """Write ``quality.json`` and ``quality.md`` (and, with ``plot``, ``quality.png`` and — when speeds were
-    measured — ``pareto.png``) into ``output``, each atomically."""
+    measured — ``pareto.png``) into ``output``, each atomically; :func:`annotate_report` first."""
+    annotate_report(report)
     output = Path(output)
     paths = {"json": output / "quality.json", "md": output / "quality.md"}
     write_file(paths["json"], json.dumps(report, indent=2) + "\n")

@@ -22,8 +22,8 @@ WARMUP_STEPS = 4
 
 @dataclass(frozen=True)
 class Speed:
-    """Median rates of one setting; ``decode_avg_bits`` is the weight-weighted mean over decode steps (None
-    for graphs without routing)."""
+    """Median rates of one setting; ``decode_avg_bits_per_weight`` is the weight-weighted mean over decode
+    steps (None for graphs without routing)."""
 
     threads: int
     prefill_tok_s: float
@@ -32,7 +32,7 @@ class Speed:
     prompt_tokens: int
     decode_tokens: int
     repeats: int
-    decode_avg_bits: float | None = None
+    decode_avg_bits_per_weight: float | None = None
 
     def to_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
@@ -121,5 +121,5 @@ def measure_speed(
         prompt_tokens=prompt_tokens,
         decode_tokens=decode_tokens,
         repeats=repeats,
-        decode_avg_bits=meter.average(),
+        decode_avg_bits_per_weight=meter.average(),
     )

@@ -1,14 +1,19 @@
 """The models a quality report compares, each evaluated on every held-out text into one report row.
 
 float32 · bit-specific RTN / GPTQ (fake-quantized float models) · MoBiQuant at a fixed slice count or a
-τ (recording the per-token slice counts for average bits) · same-method single-precision calibrations.
+τ (recording the per-token slice counts for average bits) · MoBiQuant with random per-token slice counts at
+a τ row's average bits (the routing baseline) · same-method single-precision calibrations.
+
+Every result carries ``avg_bits_per_weight``: bits per decoder-linear weight read, each routed call's
+tokens weighted by the weights that call reads (the calibration τ table's ``avg_bits_per_call`` instead
+counts every routed call once per token).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,11 +30,11 @@ from mbq_onnx.baselines import (
 from mbq_onnx.export.routers import grouped_routers
 from mbq_onnx.model.artifact import Artifact, build_model
 from mbq_onnx.model.linear import MixedBitLinear, decoder_layers, iter_mixed_bit_linears
-from mbq_onnx.model.routing import RoutingContext
+from mbq_onnx.model.routing import RandomCounts, RoutingContext
 from mbq_onnx.quant.spec import QuantSpec
 
 from .perplexity import DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW, LogitsFn, perplexity, torch_logits_fn
-from .report import FLOAT_BITS
+from .report import BITS_KEY, FLOAT_BITS, bits_of
 
 if TYPE_CHECKING:
     from mbq_onnx.calibrate.config import CalibConfig
@@ -70,8 +75,12 @@ class EvalSetup:
                 desc=f"{label} · {name}",
                 progress=self.progress,
             )
-            results[name] = {**res.to_dict(), "avg_bits": float(bits() if callable(bits) else bits)}
+            results[name] = {**res.to_dict(), BITS_KEY: float(bits() if callable(bits) else bits)}
         return results
+
+    def only(self, name: str) -> EvalSetup:
+        """The same settings on text ``name`` alone."""
+        return replace(self, texts={name: self.texts[name]}, extra={})
 
 
 def label(
@@ -94,6 +103,8 @@ def label(
         return f"MoBiQuant {slices} slice{'s' if slices != 1 else ''} ({bits}-bit)"
     if method == "mbq-tau":
         return f"MoBiQuant τ={tau:g}"
+    if method == "mbq-random":
+        return f"MoBiQuant random routing (bits of τ={tau:g})"
     if method == "matmul-nbits":
         return f"ORT MatMulNBits int{bits} b{group_size}"
     raise ValueError(f"unknown method {method!r}")
@@ -384,4 +395,58 @@ def eval_single(
             "seqlen": int(samples.shape[-1]),
             **({"config": config.to_dict()} if config is not None else {}),
         },
+    )
+
+
+#: Seed of the random-routing baseline's generator (restarted for every text).
+RANDOM_ROUTING_SEED = 0
+
+
+def eval_mbq_random(
+    setup: EvalSetup,
+    artifact: Artifact,
+    tau_row: dict[str, Any],
+    model: tuple[nn.Module, RoutingContext] | None = None,
+    seed: int = RANDOM_ROUTING_SEED,
+) -> dict[str, Any]:
+    """The random-routing baseline of a τ row: every token of every routed call gets one of the two slice
+    counts bracketing the τ row's average bits on that text, at random (seeded), with the probability that
+    matches it (:meth:`RandomCounts.for_bits`). Same model, same windows: only the routing decisions differ,
+    so it tells what the trained routers add over spending the same bits blindly."""
+    spec = artifact.spec
+    m, ctx = model or load_mobiquant(artifact)
+    tau = float(tau_row["tau"])
+    name = label("mbq-random", tau=tau)
+    old_random, old_force = ctx.random_counts, ctx.force_slices
+    meter = AvgBitsMeter(m, ctx, spec)
+    base_fn = torch_logits_fn(m)
+
+    def fn(ids: np.ndarray) -> torch.Tensor:
+        out = base_fn(ids)
+        meter.consume()
+        return out
+
+    results, policies = {}, {}
+    try:
+        ctx.force_slices = None
+        for text in setup.texts:
+            target = bits_of(tau_row["results"][text])
+            policy = RandomCounts.for_bits(target, spec.cum_bits, seed=seed)
+            ctx.random_counts = policy
+            results.update(setup.only(text).run(fn, name, meter.average, reset=meter.reset))
+            results[text]["target_bits_per_weight"] = target
+            policies[text] = {"low": policy.low, "high": policy.high, "p_high": policy.p_high}
+    finally:
+        meter.close()
+        ctx.random_counts, ctx.force_slices = old_random, old_force
+    return _row(
+        "mbq-random",
+        name,
+        bits=None,
+        group_size=spec.group_size,
+        tau=tau,
+        model_bytes=artifact_bytes(artifact, spec.num_slices),
+        results=results,
+        artifact=artifact.path.name,
+        random_routing={"seed": seed, "counts": policies, "of": tau_row["label"]},
     )

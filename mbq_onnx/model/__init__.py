@@ -10,12 +10,13 @@ from .linear import (
     set_weight_cache,
 )
 from .ops import mixed_bit_matmul
-from .routing import RoutingContext, SliceRouter, slice_counts, slice_gates
+from .routing import RandomCounts, RoutingContext, SliceRouter, slice_counts, slice_gates
 
 __all__ = [
     "Artifact",
     "ArtifactError",
     "MixedBitLinear",
+    "RandomCounts",
     "RoutingContext",
     "SliceRouter",
     "build_model",

@@ -39,6 +39,28 @@ WEIGHTS_FILE = "weights.safetensors"
 REPORT_FILE = "calibration_report.json"
 
 
+#: τ-table key of the average bits per routed call: every routed call (a linear with its router, or a block
+#: router) counts once per token — unlike a report's ``avg_bits_per_weight``, which weights each call by the
+#: weights it reads. Artifacts written before the rename used ``avg_bits``; both load.
+TAU_TABLE_BITS = "avg_bits_per_call"
+OLD_TAU_TABLE_BITS = "avg_bits"
+
+
+def tau_table_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A τ-table row with the old ``avg_bits`` key renamed to ``avg_bits_per_call``."""
+    out = dict(row)
+    if OLD_TAU_TABLE_BITS in out:
+        old = out.pop(OLD_TAU_TABLE_BITS)
+        out.setdefault(TAU_TABLE_BITS, old)
+    return out
+
+
+def tau_table_bits(row: Mapping[str, Any]) -> float | None:
+    """The average bits per routed call of a τ-table row (new or old key)."""
+    v = row.get(TAU_TABLE_BITS, row.get(OLD_TAU_TABLE_BITS))
+    return None if v is None else float(v)
+
+
 class ArtifactError(ValueError):
     """An artifact directory is missing, malformed or does not match what the caller expects."""
 
@@ -139,7 +161,7 @@ def save_artifact(
         "router": {**_router_config(model, granularity), "num_slices": spec.num_slices},
         "hf_config": json.loads(model.config.to_json_string(use_diff=False)),
         "quantized": quantized,
-        "tau_table": [dict(r) for r in tau_table],
+        "tau_table": [tau_table_row(r) for r in tau_table],
         "source": dict(source or {}),
     }
     with replace_directory(path) as tmp:
@@ -270,7 +292,7 @@ def load_artifact(path: str | os.PathLike, expected_spec: QuantSpec | None = Non
         hf_config=cfg["hf_config"],
         quantized=cfg["quantized"],
         tensors=tensors,
-        tau_table=list(cfg.get("tau_table", [])),
+        tau_table=[tau_table_row(r) for r in cfg.get("tau_table", [])],
         source=dict(cfg.get("source", {})),
         config=cfg,
     )

@@ -35,6 +35,8 @@ class RoutingContext:
     - ``record``: when on, each routed call appends its int64 slice counts to ``records``
       (per linear, or per block for block routers) — the statistics behind average bits.
     - ``block_counts``: slice counts the block routers computed for the current forward, by layer key.
+    - ``random_counts``: a :class:`RandomCounts` policy replaces the routers (eager evaluation only: the
+      random-routing baseline at a given average precision); a positive ``force_slices`` still wins.
     """
 
     tau: float | Tensor = 0.5
@@ -42,9 +44,56 @@ class RoutingContext:
     record: bool = False
     records: list[Tensor] = field(default_factory=list)
     block_counts: dict[str, Tensor] = field(default_factory=dict)
+    random_counts: RandomCounts | None = None
 
     def reset_records(self) -> None:
         self.records.clear()
+
+
+class RandomCounts:
+    """Random per-token slice counts: ``high`` with probability ``p_high``, else ``low`` — drawn independently
+    for every token of every routed call from a seeded generator (:meth:`reseed` restarts the stream).
+
+    :meth:`for_bits` picks the two counts bracketing a target average precision and the probability that
+    makes the expected bits per token equal to it — the same for every routed call, so the average per
+    weight read equals it too.
+    """
+
+    def __init__(self, low: int, high: int, p_high: float, seed: int = 0):
+        if not 1 <= low <= high:
+            raise ValueError(f"need 1 <= low <= high slice counts, got low={low} high={high}")
+        if not 0.0 <= p_high <= 1.0:
+            raise ValueError(f"p_high {p_high} must lie in [0, 1]")
+        self.low, self.high, self.p_high, self.seed = int(low), int(high), float(p_high), int(seed)
+        self.reseed()
+
+    @classmethod
+    def for_bits(cls, bits: float, cum_bits: tuple[int, ...] | list[int], seed: int = 0) -> RandomCounts:
+        """The policy with expected bits per token ``bits``; ``cum_bits``: the bits at 1..S slices."""
+        cum = [float(b) for b in cum_bits]
+        if not cum[0] - 1e-9 <= bits <= cum[-1] + 1e-9:
+            raise ValueError(f"average bits {bits} outside the slice range [{cum[0]}, {cum[-1]}]")
+        bits = min(max(bits, cum[0]), cum[-1])
+        for k in range(1, len(cum)):
+            if bits <= cum[k]:
+                p = (bits - cum[k - 1]) / (cum[k] - cum[k - 1])
+                return cls(k, k + 1, p, seed)
+        return cls(len(cum), len(cum), 0.0, seed)
+
+    @property
+    def expected_count(self) -> float:
+        return self.low + self.p_high * (self.high - self.low)
+
+    def reseed(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def sample(self, shape: torch.Size | tuple[int, ...], device: torch.device | str = "cpu") -> Tensor:
+        """int64 counts of ``shape``."""
+        high = torch.rand(tuple(shape), generator=self.generator) < self.p_high
+        return torch.where(high, self.high, self.low).to(device=device, dtype=torch.int64)
+
+    def __repr__(self) -> str:
+        return f"RandomCounts(low={self.low}, high={self.high}, p_high={self.p_high:.4f}, seed={self.seed})"
 
 
 class SliceRouter(nn.Module):
@@ -118,10 +167,14 @@ def routed_counts(
     x: Tensor, router: SliceRouter | None, ctx: RoutingContext | None, num_slices: int
 ) -> Tensor:
     """Slice counts for input ``x [..., K]``: a positive Python ``force_slices`` wins without running the
-    router; else the router at ``ctx.tau`` (all slices without a router), then a tensor ``force_slices``."""
+    router; else ``ctx.random_counts`` when set, else the router at ``ctx.tau`` (all slices without a
+    router), then a tensor ``force_slices``."""
     force = ctx.force_slices if ctx is not None else None
     if isinstance(force, int) and force > 0:
         return apply_force(full_counts(x, num_slices), force, num_slices)
+    if ctx is not None and ctx.random_counts is not None:
+        counts = ctx.random_counts.sample(x.shape[:-1], x.device).clamp(1, num_slices)
+        return apply_force(counts, force, num_slices)
     counts = full_counts(x, num_slices) if router is None or ctx is None else slice_counts(router(x), ctx.tau)
     return apply_force(counts, force, num_slices)
 

@@ -59,7 +59,7 @@ def test_tau_table_is_monotone_and_spans_precisions(calibrated):
     _, result = calibrated
     table = result.tau_table
     assert [r["tau"] for r in table] == sorted(r["tau"] for r in table)
-    bits = [r["avg_bits"] for r in table]
+    bits = [r["avg_bits_per_call"] for r in table]
     assert all(a >= b - 1e-9 for a, b in itertools.pairwise(bits)), bits
     assert all(SPEC.cum_bits[0] <= b <= SPEC.total_bits for b in bits)
     assert bits[0] > bits[-1]
@@ -108,7 +108,7 @@ def test_block_router_artifact(tiny_llama, tmp_path):
     with torch.no_grad():
         built(input_ids=_ids(3, n=1))
     assert len(ctx.records) == 2  # one count tensor per block
-    assert result.tau_table[0]["avg_bits"] >= result.tau_table[-1]["avg_bits"]
+    assert result.tau_table[0]["avg_bits_per_call"] >= result.tau_table[-1]["avg_bits_per_call"]
 
 
 def test_single_precision_mode(tiny_llama):
@@ -146,3 +146,27 @@ def test_unit_clipping_reproduces_the_rtn_grid(tiny_llama):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     scale, _ = clipped_minmax_params(w, SPEC, ones * 0.5, ones * 0.5)
     assert torch.all(scale < residual.minmax_params(w, SPEC)[0])
+
+
+@pytest.mark.parametrize("router", ["linear", "block"])
+def test_train_tau_of_the_config_drives_the_routed_gates(tiny_llama, router):
+    """``CalibConfig.train_tau`` reaches every routed gate (it was a constant 0.5 in CalibLinear)."""
+    from mbq_onnx.calibrate.engine import _BlockCalibrator
+    from mbq_onnx.calibrate.trainable import ROUTED
+
+    x = torch.randn(2, 16, tiny_llama().config.hidden_size, generator=torch.Generator().manual_seed(0))
+    bits = {}
+    for tau in (0.02, 0.5, 0.98):
+        block = tiny_llama(seed=0).model.layers[0]
+        torch.manual_seed(0)  # same router init for every τ
+        cfg = TINY.with_overrides(train_tau=tau, router=router)
+        cal = _BlockCalibrator(block, "model.layers.0", SPEC, cfg, [1, 2, 3], True, {})
+        assert {w.train_tau for w in cal.wrapped.values()} == {tau}
+        cal.set_mode(ROUTED)
+        q_proj = cal.wrapped["self_attn.q_proj"]
+        if router == "block":
+            cal._block_gates(block, (x,), {})
+        q_proj(x)
+        bits[tau] = float(q_proj.last_bits.detach().mean())
+    assert bits[0.02] > bits[0.5] > bits[0.98]  # a higher training τ switches fewer slices on
+    assert bits[0.02] == pytest.approx(8.0) and bits[0.98] == pytest.approx(4.0)

@@ -71,7 +71,7 @@ def test_module_entry_point_exit_code(tmp_path):
 
 
 def test_pick_taus_spreads_over_the_table():
-    table = [{"tau": t / 20, "avg_bits": 8 - 4 * t / 20} for t in range(1, 20)]
+    table = [{"tau": t / 20, "avg_bits_per_call": 8 - 4 * t / 20} for t in range(1, 20)]
     taus = pick_taus(table, 5)
     assert len(taus) == 5 and taus == sorted(taus)
     assert taus[0] == 0.05 and taus[-1] == 0.95

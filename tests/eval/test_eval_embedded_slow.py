@@ -94,5 +94,5 @@ def test_quick_report_on_the_embedded_model(rtn_artifact, tmp_path):
         ]
         for lo, hi in pairs:
             assert abs(ppl[hi] / ppl["float32"] - 1) < abs(ppl[lo] / ppl["float32"] - 1)
-        tau_bits = rows["MoBiQuant τ=0.5"]["results"][text]["avg_bits"]
+        tau_bits = rows["MoBiQuant τ=0.5"]["results"][text]["avg_bits_per_weight"]
         assert 4.0 <= tau_bits <= 8.0

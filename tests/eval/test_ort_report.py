@@ -77,8 +77,8 @@ def test_every_ort_row_has_agreement_and_speed(report):
     by_method = {}
     for row in rep["rows"]:
         by_method.setdefault(row["method"], []).append(row)
-        if row["method"] in ("rtn",):
-            assert "speed" not in row  # a fake-quantized PyTorch model: no ORT graph
+        if row["method"] in ("rtn", "mbq-random"):
+            assert "speed" not in row  # a fake-quantized or randomly routed PyTorch model: no ORT graph
             continue
         assert set(row["speed"]) == {"1", "2"}
         for sp in row["speed"].values():
@@ -96,14 +96,32 @@ def test_forced_rows_decode_at_their_bits_and_tau_rows_inside_the_range(report):
     for row in rep["rows"]:
         if row["method"] == "mbq-uniform":
             for sp in row["speed"].values():
-                assert sp["decode_avg_bits"] == pytest.approx(row["bits"])
+                assert sp["decode_avg_bits_per_weight"] == pytest.approx(row["bits"])
         if row["method"] == "mbq-tau":
             for text, res in row["ort"]["results"].items():
-                assert 4.0 <= res["avg_bits"] <= 8.0
-                assert res["avg_bits"] == pytest.approx(row["results"][text]["avg_bits"], abs=0.05)
+                assert 4.0 <= res["avg_bits_per_weight"] <= 8.0
+                assert res["avg_bits_per_weight"] == pytest.approx(
+                    row["results"][text]["avg_bits_per_weight"], abs=0.05
+                )
     taus = sorted((r for r in rep["rows"] if r["method"] == "mbq-tau"), key=lambda r: r["tau"])
-    bits = [np.mean([res["avg_bits"] for res in r["ort"]["results"].values()]) for r in taus]
+    bits = [np.mean([res["avg_bits_per_weight"] for res in r["ort"]["results"].values()]) for r in taus]
     assert bits[0] > bits[1]  # higher τ → fewer slices, in ORT as in PyTorch
+
+
+def test_ort_results_carry_intervals_and_paired_ratios(report):
+    rep, out = report
+    float_ort = next(r for r in rep["rows"] if r["method"] == "float")["ort"]["results"]
+    for row in rep["rows"]:
+        ort = row["results"] if row["method"] == "matmul-nbits" else (row.get("ort") or {}).get("results")
+        if ort is None:
+            continue
+        for text, res in ort.items():
+            assert res["ci95"][0] <= res["ppl"] <= res["ci95"][1]
+            assert res["window_tokens"] == float_ort[text]["window_tokens"]  # the same windows as PyTorch
+            if row["method"] != "float":
+                assert res["vs_float"]["ratio"] == pytest.approx(res["ppl"] / float_ort[text]["ppl"])
+    assert any(r["method"] == "mbq-random" for r in rep["rows"])  # τ rows get their random-routing rows
+    assert "random routing" in (out / "quality.md").read_text()
 
 
 def test_more_bits_never_cost_fewer_bytes(report):
@@ -166,7 +184,7 @@ def test_speed_needs_enough_tokens_and_positive_sizes(tiny_pair, report):
     with pytest.raises(ValueError, match="must be >= 1"):
         measure_speed(session, np.arange(100), repeats=0)
     sp = measure_speed(session, np.arange(100), force_slices=2, prompt_tokens=8, decode_tokens=4, repeats=1)
-    assert sp.threads == 1 and sp.decode_avg_bits == pytest.approx(6.0) and sp.decode_ms > 0
+    assert sp.threads == 1 and sp.decode_avg_bits_per_weight == pytest.approx(6.0) and sp.decode_ms > 0
 
 
 def test_bench_e2e_quick_writes_ratios_against_int4(tiny_pair, report, tmp_path):

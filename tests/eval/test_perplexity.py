@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mbq_onnx.eval import eval_windows, perplexity, torch_logits_fn
+from mbq_onnx.eval.perplexity import bootstrap_ppl, bootstrap_ratio
 
 
 def test_matches_direct_cross_entropy(tiny_llama):
@@ -76,3 +77,54 @@ def test_logits_length_mismatch_is_an_error():
         perplexity(
             lambda x: np.zeros((1, 5, 10), dtype=np.float32), np.arange(20) % 10, window=10, progress=False
         )
+
+
+def _windows(n: int, seed: int = 0):
+    """Per-window NLL sums of ``n`` windows of 100 tokens with a realistic spread (log ppl 3 ± 0.3)."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(3.0, 0.3, n) * 100, np.full(n, 100)
+
+
+def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_windows():
+    widths = []
+    for n in (10, 40, 160):
+        nll, tok = _windows(n)
+        lo, hi = bootstrap_ppl(nll, tok)
+        assert lo < math.exp(nll.sum() / tok.sum()) < hi
+        widths.append(math.log(hi / lo))
+    assert widths[0] > widths[1] > widths[2]
+    assert widths[0] / widths[2] == pytest.approx(4.0, rel=0.35)  # ~ 1/sqrt(windows)
+
+
+def test_bootstrap_is_deterministic_with_its_seed():
+    nll, tok = _windows(30)
+    assert bootstrap_ppl(nll, tok) == bootstrap_ppl(nll, tok)
+    assert bootstrap_ppl(nll, tok, seed=1) == bootstrap_ppl(nll, tok, seed=1)
+    assert bootstrap_ppl(nll, tok, seed=1) != bootstrap_ppl(nll, tok, seed=2)
+    one = bootstrap_ppl(nll[:1], tok[:1])  # a single window: no spread to resample
+    assert one[0] == pytest.approx(one[1]) == pytest.approx(math.exp(nll[0] / 100))
+
+
+def test_paired_ratio_sees_a_one_percent_difference_the_unpaired_intervals_cannot():
+    nll, tok = _windows(40)
+    rng = np.random.default_rng(1)
+    worse = nll + 100 * (math.log(1.01) + rng.normal(0, 0.002, nll.size))  # +1 % on every window, a bit noisy
+    ratio, lo, hi = bootstrap_ratio(worse, tok, nll, tok)
+    assert ratio == pytest.approx(math.exp((worse.sum() - nll.sum()) / tok.sum()))
+    assert 1.0 < lo < ratio < hi < 1.02
+    a, b = bootstrap_ppl(worse, tok), bootstrap_ppl(nll, tok)
+    assert a[0] < b[1]  # the separate intervals overlap: only the paired one resolves it
+    with pytest.raises(ValueError, match="same windows"):
+        bootstrap_ratio(worse[:-1], tok[:-1], nll, tok)
+
+
+def test_perplexity_keeps_windows_and_interval(tiny_llama):
+    model = tiny_llama()
+    ids = np.random.default_rng(3).integers(0, 256, size=400)
+    res = perplexity(torch_logits_fn(model), ids, window=50, progress=False)
+    assert len(res.window_nll) == len(res.window_tokens) == res.windows == 8
+    assert sum(res.window_tokens) == res.tokens and sum(res.window_nll) == pytest.approx(res.nll)
+    assert res.ci95 == bootstrap_ppl(res.window_nll, res.window_tokens)
+    assert res.ci95[0] <= res.ppl <= res.ci95[1]
+    d = res.to_dict()
+    assert d["ci95"] == list(res.ci95) and len(d["window_nll"]) == 8

@@ -11,6 +11,7 @@ import pytest
 from mbq_onnx.baselines import BaselineSpec
 from mbq_onnx.eval import check_report, markdown_table, write_report
 from mbq_onnx.eval import variants as V
+from mbq_onnx.eval.perplexity import bootstrap_ppl
 from mbq_onnx.eval.report import new_report
 from mbq_onnx.model.artifact import load_artifact
 
@@ -51,6 +52,9 @@ def report(tmp_path_factory):
             row = V.eval_mbq_tau(setup, art, tau, model=mbq)
             row["granularity"] = gran
             rows.append(row)
+            rnd = V.eval_mbq_random(setup, art, row, model=mbq)
+            rnd["granularity"] = gran
+            rows.append(rnd)
     out = tmp_path_factory.mktemp("reports")
     paths = write_report(rep, out)
     return rep, paths
@@ -64,7 +68,8 @@ def test_files_are_well_formed(report):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = paths["md"].read_text()
     assert table == markdown_table(rep)
-    assert len([line for line in table.splitlines() if line.startswith("| ")]) == 1 + len(rep["rows"])
+    main_table = table.split("\n\n")[0]
+    assert len([line for line in main_table.splitlines() if line.startswith("| ")]) == 1 + len(rep["rows"])
 
 
 def test_numbers_are_finite_and_ordered(report):
@@ -98,7 +103,7 @@ def test_tau_sweep_average_bits_fall_with_tau_within_the_slice_range(report, gra
         key=lambda r: r["tau"],
     )
     for t in rep["texts"]:
-        bits = [r["results"][t]["avg_bits"] for r in taus]
+        bits = [r["results"][t]["avg_bits_per_weight"] for r in taus]
         assert all(4.0 <= b <= 8.0 for b in bits)
         assert bits == sorted(bits, reverse=True)  # higher τ → fewer slices
         assert bits[0] > bits[-1]  # the spread routers actually route
@@ -107,7 +112,7 @@ def test_tau_sweep_average_bits_fall_with_tau_within_the_slice_range(report, gra
 def test_uniform_counts_reproduce_forced_precision(report):
     rep, _ = report
     uniform = [r for r in rep["rows"] if r["method"] == "mbq-uniform"]
-    assert sorted({r["results"]["a"]["avg_bits"] for r in uniform}) == [4.0, 6.0, 8.0]
+    assert sorted({r["results"]["a"]["avg_bits_per_weight"] for r in uniform}) == [4.0, 6.0, 8.0]
 
 
 def test_check_report_catches_broken_reports(report):
@@ -120,3 +125,71 @@ def test_check_report_catches_broken_reports(report):
     assert any("fewer bytes" in p for p in problems)
     assert any("not a finite number" in p for p in problems)
     assert check_report({"format": "x", "texts": [], "rows": []})
+
+
+def test_report_carries_intervals_and_per_window_data(report):
+    _, paths = report
+    loaded = json.loads(paths["json"].read_text())
+    assert loaded["settings"]["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95, "over": "windows"}
+    table = paths["md"].read_text()
+    for row in loaded["rows"]:
+        for t in loaded["texts"]:
+            res = row["results"][t]
+            lo, hi = res["ci95"]
+            assert lo <= res["ppl"] <= hi
+            assert len(res["window_nll"]) == len(res["window_tokens"]) == res["windows"] == 3
+            assert sum(res["window_tokens"]) == res["tokens"]
+            assert sum(res["window_nll"]) == pytest.approx(res["nll"])
+            # the interval can be recomputed from the stored windows
+            assert tuple(res["ci95"]) == pytest.approx(bootstrap_ppl(res["window_nll"], res["window_tokens"]))
+            assert f"{res['ppl']:.2f} [{lo:.2f}, {hi:.2f}]" in table
+            if row["method"] != "float":  # paired with float32 on the same windows
+                pair = res["vs_float"]
+                assert pair["ci95"][0] <= pair["ratio"] <= pair["ci95"][1]
+                assert pair["ratio"] == pytest.approx(
+                    res["ppl"]
+                    / next(r for r in loaded["rows"] if r["method"] == "float")["results"][t]["ppl"]
+                )
+    assert "95 % bootstrap interval over windows (1000 resamples, seed 0)" in table
+
+
+def test_tau_rows_compare_with_interpolation_and_random_routing(report):
+    rep, paths = report
+    rows = rep["rows"]
+    table = paths["md"].read_text()
+    assert "alternating (interpolated)" in table and "random routing" in table
+    for row in (r for r in rows if r["method"] == "mbq-tau"):
+        rnd = next(
+            r
+            for r in rows
+            if r["method"] == "mbq-random" and r["tau"] == row["tau"] and r["artifact"] == row["artifact"]
+        )
+        uniform = {
+            r["slices"]: r for r in rows if r["method"] == "mbq-uniform" and r["artifact"] == row["artifact"]
+        }
+        for t in rep["texts"]:
+            res = row["results"][t]
+            b = res["avg_bits_per_weight"]
+            lo_b, hi_b = res["interpolated_between"]
+            assert lo_b <= b <= hi_b and hi_b - lo_b == 2
+            p_lo = uniform[(lo_b - 2) // 2]["results"][t]["ppl"]
+            p_hi = uniform[(hi_b - 2) // 2]["results"][t]["ppl"]
+            assert res["interpolated_ppl"] == pytest.approx(p_lo + (b - lo_b) / 2 * (p_hi - p_lo))
+            assert res["random_ppl"] == rnd["results"][t]["ppl"]
+            assert res["below_both"] == (
+                res["ppl"] < res["interpolated_ppl"] and res["ppl"] < res["random_ppl"]
+            )
+            assert res["vs_random"]["ratio"] == pytest.approx(res["ppl"] / res["random_ppl"])
+            # random routing spends the τ row's bits (independent draws over 3 x 64 tokens x 14 calls)
+            assert rnd["results"][t]["target_bits_per_weight"] == b
+            assert rnd["results"][t]["avg_bits_per_weight"] == pytest.approx(b, abs=0.15)
+
+
+def test_old_reports_with_avg_bits_still_read(report):
+    rep, _ = report
+    old = copy.deepcopy(rep)
+    for row in old["rows"]:
+        for res in row["results"].values():
+            res["avg_bits"] = res.pop("avg_bits_per_weight")
+    assert check_report(old) == []
+    assert markdown_table(old) == markdown_table(rep)

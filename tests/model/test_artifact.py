@@ -145,3 +145,20 @@ def test_build_rejects_weights_for_another_model(tiny_artifact) -> None:
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ArtifactError, match="weights do not match the model: missing"):
         build_model(path)
+
+
+def test_tau_table_bits_key_old_and_new(tmp_path):
+    """The τ table's bits are per routed call (``avg_bits_per_call``); artifacts with the old ``avg_bits``
+    key still load, renamed."""
+    from tiny_models import make_tiny_artifact
+
+    from mbq_onnx.model.artifact import tau_table_bits
+
+    path = make_tiny_artifact(tmp_path / "a")  # written with the old key: saved with the new one
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["tau_table"] == [{"tau": 0.5, "avg_slices": 2.0, "avg_bits_per_call": 6.0}]
+    cfg["tau_table"] = [{"tau": 0.5, "avg_slices": 2.0, "avg_bits": 6.0}]  # as an old artifact has it
+    (path / "config.json").write_text(json.dumps(cfg))
+    art = load_artifact(path)
+    assert art.tau_table == [{"tau": 0.5, "avg_slices": 2.0, "avg_bits_per_call": 6.0}]
+    assert tau_table_bits({"tau": 0.1, "avg_bits": 7.0}) == tau_table_bits({"avg_bits_per_call": 7.0}) == 7.0

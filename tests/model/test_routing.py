@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from mbq_onnx.model.routing import (
+    RandomCounts,
     RoutingContext,
     SliceRouter,
     apply_force,
@@ -92,3 +94,48 @@ def test_slice_gates_forward_hard_backward_soft() -> None:
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     soft = slice_gates(logits.detach(), 0.5, hard=False)
     assert torch.all((soft > 0) & (soft < 1))
+
+
+def test_random_counts_hit_the_target_average_bits() -> None:
+    cum_bits = (4, 6, 8)
+    for target in (4.0, 4.5, 6.0, 7.25, 8.0):
+        policy = RandomCounts.for_bits(target, cum_bits, seed=0)
+        counts = policy.sample((200, 64))
+        assert set(counts.unique().tolist()) <= {policy.low, policy.high}
+        bits = torch.tensor((0, *cum_bits), dtype=torch.float64)[counts]
+        assert float(bits.mean()) == pytest.approx(target, abs=0.02)
+        assert 4 + 2 * (policy.expected_count - 1) == pytest.approx(target)
+    p = RandomCounts.for_bits(7.25, cum_bits)
+    assert (p.low, p.high, p.p_high) == (2, 3, pytest.approx(0.625))
+    with pytest.raises(ValueError, match="outside"):
+        RandomCounts.for_bits(9.0, cum_bits)
+
+
+def test_random_counts_are_seeded_and_replace_the_routers() -> None:
+    router = SliceRouter(8, 3, hidden=4)
+    x = torch.randn(5, 7, 8)
+    a, b = RandomCounts.for_bits(5.0, (4, 6, 8), seed=3), RandomCounts.for_bits(5.0, (4, 6, 8), seed=3)
+    ctx = RoutingContext(tau=0.5, random_counts=a)
+    first = routed_counts(x, router, ctx, 3)
+    assert torch.equal(first, routed_counts(x, router, RoutingContext(random_counts=b), 3))
+    assert not torch.equal(first, routed_counts(x, router, ctx, 3))  # the stream goes on ...
+    a.reseed()
+    assert torch.equal(first, routed_counts(x, router, ctx, 3))  # ... and restarts with reseed()
+    assert first.shape == (5, 7) and first.dtype == torch.int64
+    ctx.force_slices = 3  # a forced count still wins
+    assert routed_counts(x, router, ctx, 3).eq(3).all()
+
+
+def test_random_routing_on_a_model_reads_the_target_bits(tiny_artifact) -> None:
+    """Through the real MixedBitLinear path: recorded counts of a random-routed forward average the target."""
+    from mbq_onnx.eval.variants import AvgBitsMeter
+    from mbq_onnx.model import build_model, load_artifact
+
+    art = load_artifact(tiny_artifact())
+    model, ctx = build_model(art, cache_weights=True)
+    meter = AvgBitsMeter(model, ctx, art.spec)
+    ctx.random_counts = RandomCounts.for_bits(5.5, art.spec.cum_bits, seed=0)
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 256, (1, 200), generator=torch.Generator().manual_seed(0)))
+    assert meter.average() == pytest.approx(5.5, abs=0.05)
+    meter.close()
