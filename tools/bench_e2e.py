@@ -333,9 +333,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.scatter(r["speed"][top]["decode_tok_s"], r["perplexity"]["ppl"], marker=m, color=c, s=50)
         ax.annotate(r["model"], (r["speed"][top]["decode_tok_s"], r["perplexity"]["ppl"]), fontsize=7,
                     xytext=(4, 3), textcoords="offset points")  # fmt: skip
-    tau = sorted(
-        (r for r in with_ppl if r["kind"] == "mbq-tau"), key=lambda r: r["speed"][top]["decode_tok_s"]
-    )
+    tau = sorted((r for r in with_ppl if r["kind"] == "mbq-tau"), key=lambda r: r["tau"])
     if tau:
         xs = [r["speed"][top]["decode_tok_s"] for r in tau]
         ax.plot(
