@@ -283,6 +283,15 @@ def _rows(args: argparse.Namespace) -> tuple[list[dict], dict]:
                 "ppl_tokens": args.ppl_tokens,
                 "ppl_window": args.ppl_window,
                 "ppl_text": "sotu-2000+ (first tokens, no BOS)",
+                "notes": {
+                    "genai": "builder output run with og.Generator; threads via og.Config.overlay of "
+                    "model.decoder.session_options.intra_op_num_threads (genai_config.json untouched); same "
+                    "prompt ids as our rows; 4 untimed warm-up steps",
+                    "llama.cpp": "llama-bench -p P -n D -t T -r 1 per round (its own synthetic tokens, not "
+                    "our prompt); perplexity by llama-perplexity (2nd half of each window, its tokenizer, BOS)",
+                    "missing": "llama.cpp perplexity needs llama-perplexity; no GenAI/llama.cpp per-token "
+                    "precision control (fixed-precision peers)",
+                },
             },
             "machine": machine,
             "command": "python tools/bench_e2e.py " + " ".join(args.argv),
