@@ -288,7 +288,7 @@ def _rows(args: argparse.Namespace) -> tuple[list[dict], dict]:
                     "model.decoder.session_options.intra_op_num_threads (genai_config.json untouched); same "
                     "prompt ids as our rows; 4 untimed warm-up steps",
                     "llama.cpp": "llama-bench -p P -n D -t T -r 1 per round (its own synthetic tokens, not "
-                    "our prompt); perplexity by llama-perplexity (2nd half of each window, its tokenizer, BOS)",
+                    "our prompt); perplexity by llama-perplexity (2nd half of windows, own tokenizer, BOS)",
                     "missing": "llama.cpp perplexity needs llama-perplexity; no GenAI/llama.cpp per-token "
                     "precision control (fixed-precision peers)",
                 },
