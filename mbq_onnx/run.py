@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=_finite_float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=_nonneg_int, default=0)
     p.add_argument("--top-p", type=_positive_float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_nonneg_int, default=None)
     p.add_argument("--reprobe", action="store_true", help="re-measure the τ→latency map (budget mode)")
     p.add_argument(
         "--probe-cache", type=Path, default=None, help="probe cache dir (default: cache dir/probe)"
@@ -105,6 +105,8 @@ def _print_summary(summary: dict, mode: str, out) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.prompt.strip():
+        parser.error("--prompt must not be empty")
     if not args.model.is_dir():
         parser.error(f"--model: {args.model} is not a directory")
     if not (args.model / "mbq_config.json").is_file():
@@ -113,6 +115,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.temperature < 0:
         parser.error(f"--temperature must be >= 0, got {args.temperature}")
+    if args.probe_cache is not None and args.probe_cache.exists() and not args.probe_cache.is_dir():
+        parser.error(f"--probe-cache: {args.probe_cache} is not a directory")
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as e:  # ORT load/run failures are RuntimeError subclasses
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"python -m mbq_onnx.run: error: {msg}", file=sys.stderr)
+        return 1
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from mbq_onnx.runtime import (  # imported late: argument errors stay instant
         BudgetController,
@@ -126,8 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         session = MbqSession(args.model, threads=args.threads)
-    except (ModelDirError, ValueError) as e:
-        parser.error(str(e))
+    except (ModelDirError, ValueError, OSError, RuntimeError) as e:
+        parser.error(" ".join(str(e).split()))
+    except (AttributeError, KeyError, TypeError) as e:  # a malformed mbq_config.json (wrong JSON shape)
+        parser.error(f"--model: {args.model}/mbq_config.json is malformed ({type(e).__name__}: {e})")
     if args.slices is not None and args.slices > session.config.num_slices:
         parser.error(f"--slices must be in 1..{session.config.num_slices} for this model, got {args.slices}")
 

@@ -104,11 +104,16 @@ def _cached(out: Path, source: Path, extra: dict[str, Any], make: Callable[[Path
 
 
 def prepare_exports(
-    model_dir: Path, artifact: Path | None, settings: OrtSettings, int8_activations: bool = False
+    model_dir: Path,
+    artifact: Path | None,
+    settings: OrtSettings,
+    int8_activations: bool = False,
+    lm_head: str = "float",
 ) -> dict[str, Path]:
     """Export (or reuse) the ORT models of a report: ``float32``, ``int{b}`` MatMulNBits for each
     ``settings.nbits``, and ``mixed-bit`` when an artifact is given (plus ``mixed-bit-int8act``, exported
-    with ``accuracy_level=4``, when ``int8_activations``). Returns their directories by key."""
+    with ``accuracy_level=4`` and the ``lm_head`` choice, when ``int8_activations``). Returns their
+    directories by key."""
     from mbq_onnx.export import export_artifact, export_float_model
     from mbq_onnx.export.matmul_nbits import quantize_matmul_nbits
 
@@ -141,12 +146,13 @@ def prepare_exports(
             lambda out: export_artifact(artifact, out, overwrite=True, progress=not quiet),
         )
         if int8_activations:
+            suffix = "" if lm_head == "float" else f"-head-{lm_head}"
             dirs["mixed-bit-int8act"] = _cached(
-                Path(settings.exports) / artifact.name / "mixed-bit-int8act",
+                Path(settings.exports) / artifact.name / f"mixed-bit-int8act{suffix}",
                 artifact,
-                {"kind": "mixed-bit", "accuracy_level": 4},
+                {"kind": "mixed-bit", "accuracy_level": 4, "lm_head": lm_head},
                 lambda out: export_artifact(
-                    artifact, out, overwrite=True, progress=not quiet, accuracy_level=4
+                    artifact, out, overwrite=True, progress=not quiet, accuracy_level=4, lm_head=lm_head
                 ),
             )
     return dirs

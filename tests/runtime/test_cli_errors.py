@@ -41,6 +41,17 @@ def fake_dir(tmp_path: Path) -> Path:
         (["--tau", "0.5", "--budget-ms", "10"], "not allowed with"),
         (["--slices", "1", "--tau", "0.5"], "not allowed with"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["--max-new-tokens", "0"], ">= 1"),
+        (["--max-new-tokens", "2.5"], "not an integer"),
+        (["--threads", "-1"], ">= 1"),
+        (["--threads", "two"], "not an integer"),
+        (["--slices", "-2"], ">= 1"),
+        (["--tokens-per-s", "0"], "must be > 0"),
+        (["--top-p", "0"], "must be > 0"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--top-k", "-1"], "integer >= 0"),
+        (["--temperature", "-1"], "--temperature must be >= 0"),
+        (["--seed", "-1"], "integer >= 0"),
     ],
 )
 def test_bad_arguments(fake_dir: Path, extra: list[str], message: str) -> None:
@@ -71,3 +82,32 @@ def test_export_dir_without_graph(fake_dir: Path) -> None:
 def test_missing_required() -> None:
     proc = run_cli("--prompt", "hi")
     assert proc.returncode == 2 and "--model" in proc.stderr
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\n"])
+def test_empty_prompt(fake_dir: Path, prompt: str) -> None:
+    proc = run_cli("--model", str(fake_dir), "--prompt", prompt)
+    assert proc.returncode == 2 and "--prompt must not be empty" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_probe_cache_is_a_file(fake_dir: Path, tmp_path: Path) -> None:
+    f = tmp_path / "probe.txt"
+    f.write_text("x")
+    proc = run_cli("--model", str(fake_dir), "--prompt", "hi", "--budget-ms", "5", "--probe-cache", str(f))
+    assert proc.returncode == 2 and "is not a directory" in proc.stderr
+
+
+@pytest.mark.parametrize("config", ["{not json", "[]", '{"slice_bits": "x"}'])
+def test_broken_config_is_one_line(tmp_path: Path, config: str) -> None:
+    (tmp_path / "mbq_config.json").write_text(config)
+    proc = run_cli("--model", str(tmp_path), "--prompt", "hi")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert sum("error:" in line for line in proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_broken_graph_is_one_line(fake_dir: Path) -> None:
+    (fake_dir / "model.onnx").write_bytes(b"not an onnx graph")
+    proc = run_cli("--model", str(fake_dir), "--prompt", "hi")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert sum("error:" in line for line in proc.stderr.splitlines()) == 1, proc.stderr
