@@ -18,8 +18,6 @@ from mbq_onnx.export.routers import grouped_routers
 from mbq_onnx.model import build_model
 from mbq_onnx.runtime.session import MbqSession, SharedKVCache
 
-pytest.importorskip("onnxruntime_genai")
-
 LAYERS = 2
 
 
