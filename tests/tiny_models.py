@@ -106,3 +106,33 @@ def write_byte_tokenizer(folder: Path) -> None:
     tok.decoder = decoders.ByteLevel()
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
+
+
+def make_tiny_pair(root: Path, tau_key: str = "avg_bits_per_call", **overrides) -> tuple[Path, Path]:
+    """``(float model folder, artifact)`` under ``root``: the tiny LLaMA (config ``overrides``) with SmolLM2's
+    49,152-token vocabulary and tokenizer, saved as a transformers folder, and its RTN artifact ([4,2,2],
+    groups of 16) with spread random routers. ``tau_key``: the τ-table key (the pre-rename ``avg_bits``
+    still loads)."""
+    from mbq_onnx import assets
+    from mbq_onnx.export.exporter import copy_tokenizer_files
+    from mbq_onnx.model import quantize_model, save_artifact
+    from mbq_onnx.quant.spec import QuantSpec
+
+    tokenizer_dir = assets.embedded_model_dir()
+    shape = {"vocab_size": 49152, **overrides}
+    model_dir = root / "tiny-llama"
+    make_tiny_llama(0, **shape).save_pretrained(model_dir)
+    copy_tokenizer_files(tokenizer_dir, model_dir)
+    model = make_tiny_llama(0, **shape)
+    spec = QuantSpec((4, 2, 2), 16)
+    quantize_model(model, spec, granularity="linear", router_hidden=8, seed=0)
+    make_router_spread(model, 0)
+    artifact = save_artifact(
+        root / "tiny-art",
+        model,
+        spec,
+        tau_table=[{"tau": 0.5, "avg_slices": 2.0, tau_key: 6.0}],
+        source={"model": model_dir.name},
+        tokenizer=tokenizer_dir,
+    )
+    return model_dir, artifact

@@ -16,32 +16,20 @@
 #include <vector>
 
 #include "mbq_kernels.h"
+#include "op_error.h"
 #include "router_counts.h"
 
 namespace {
 
+using mbq::shape_str;
+using mbq::type_name;
+
 constexpr const char* kOpName = "MixedBitMatMul";
 constexpr const char* kDomain = "com.mbq";
 
-// Thrown for contract violations; turned into an ORT status "MixedBitMatMul: <what>".
-struct OpError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 template <typename... Ts>
 [[noreturn]] void fail(const Ts&... parts) {
-  std::ostringstream os;
-  os << kOpName << ": ";
-  (os << ... << parts);
-  throw OpError(os.str());
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << "]";
-  return os.str();
+  mbq::op_fail(kOpName, parts...);
 }
 
 std::string bits_str(const std::vector<int>& b) {
@@ -50,22 +38,6 @@ std::string bits_str(const std::vector<int>& b) {
   for (size_t i = 0; i < b.size(); ++i) os << (i ? "," : "") << b[i];
   os << "]";
   return os.str();
-}
-
-const char* type_name(ONNXTensorElementDataType t) {
-  switch (t) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16: return "uint16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return "int16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return "bool";
-    default: return "another type";
-  }
 }
 
 struct Attrs {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "mbq_kernels.h"
+#include "op_error.h"
 #include "router_kernel.h"
 
 namespace mbq {
@@ -31,42 +32,16 @@ void router_rows_avx2(const RouterWeights& w, const float* thr, const float* x, 
 
 namespace {
 
+using mbq::shape_str;
+using mbq::type_name;
+
 constexpr const char* kOpName = "RouterCounts";
 constexpr int kInputs = 6;
 const char* const kInputNames[kInputs] = {"X", "thresholds", "W1", "B1", "W2", "B2"};
 
-struct OpError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 template <typename... Ts>
 [[noreturn]] void fail(const Ts&... parts) {
-  std::ostringstream os;
-  os << kOpName << ": ";
-  (os << ... << parts);
-  throw OpError(os.str());
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << "]";
-  return os.str();
-}
-
-const char* type_name(ONNXTensorElementDataType t) {
-  switch (t) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return "bool";
-    default: return "another type";
-  }
+  mbq::op_fail(kOpName, parts...);
 }
 
 OrtStatusPtr to_status(const std::exception& e) {

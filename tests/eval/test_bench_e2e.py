@@ -22,31 +22,10 @@ pytest.importorskip("onnxruntime_genai")
 def tiny(tmp_path_factory):
     """(float folder, artifact, root): GenAI's CPU GroupQueryAttention needs head_size % 16 == 0, so hidden 64
     with 4 heads / 2 KV heads (not the shared 72/6)."""
-    from tiny_models import make_router_spread, make_tiny_llama
+    from tiny_models import make_tiny_pair
 
-    from mbq_onnx import assets
-    from mbq_onnx.export.exporter import copy_tokenizer_files
-    from mbq_onnx.model import quantize_model, save_artifact
-    from mbq_onnx.quant.spec import QuantSpec
-
-    tokenizer_dir = assets.embedded_model_dir()
     root = tmp_path_factory.mktemp("bench-e2e")
-    model_dir = root / "tiny-llama-h64"
-    shape = dict(vocab_size=49152, hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
-    make_tiny_llama(0, **shape).save_pretrained(model_dir)
-    copy_tokenizer_files(tokenizer_dir, model_dir)
-    model = make_tiny_llama(0, **shape)
-    spec = QuantSpec((4, 2, 2), 16)
-    quantize_model(model, spec, granularity="linear", router_hidden=8, seed=0)
-    make_router_spread(model, 0)
-    artifact = save_artifact(
-        root / "tiny-art",
-        model,
-        spec,
-        tau_table=[{"tau": 0.5, "avg_slices": 2.0, "avg_bits_per_call": 6.0}],
-        source={"model": model_dir.name},
-        tokenizer=tokenizer_dir,
-    )
+    model_dir, artifact = make_tiny_pair(root, hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
     return model_dir, artifact, root
 
 

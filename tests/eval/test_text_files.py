@@ -18,30 +18,9 @@ TEXT = (
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):
     """(float model folder, artifact) of a 2-layer random LLaMA with SmolLM2's tokenizer (no ORT needed)."""
-    from tiny_models import make_router_spread, make_tiny_llama
+    from tiny_models import make_tiny_pair
 
-    from mbq_onnx import assets
-    from mbq_onnx.export.exporter import copy_tokenizer_files
-    from mbq_onnx.model import quantize_model, save_artifact
-    from mbq_onnx.quant.spec import QuantSpec
-
-    root = tmp_path_factory.mktemp("text-files")
-    model_dir = root / "tiny-llama"
-    model = make_tiny_llama(0, vocab_size=49152)
-    model.save_pretrained(model_dir)
-    copy_tokenizer_files(assets.embedded_model_dir(), model_dir)
-    spec = QuantSpec((4, 2, 2), 16)
-    quantize_model(model, spec, granularity="linear", router_hidden=8, seed=0)
-    make_router_spread(model, 0)
-    artifact = save_artifact(
-        root / "tiny-art",
-        model,
-        spec,
-        tau_table=[{"tau": 0.5, "avg_slices": 2.0, "avg_bits": 6.0}],  # the pre-rename key still loads
-        source={"model": model_dir.name},
-        tokenizer=assets.embedded_model_dir(),
-    )
-    return model_dir, artifact
+    return make_tiny_pair(tmp_path_factory.mktemp("text-files"), tau_key="avg_bits")  # old key still loads
 
 
 def _argv(tiny_pair, out, *extra):
