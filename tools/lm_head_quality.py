@@ -55,6 +55,13 @@ def paired_ratio(a: np.ndarray, b: np.ndarray, tokens: int, rng: np.random.Gener
     return point, float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
+def _cell(row: dict, head: str) -> str:
+    if f"ppl_{head}" not in row:
+        return "–"
+    ratio, lo, hi = row[f"ratio_{head}"]
+    return f"{row[f'ppl_{head}']:.2f} ({ratio:.4f} [{lo:.4f}, {hi:.4f}])"
+
+
 class _HFStyle:
     """A ``tokenizers.Tokenizer`` called the way :func:`mbq_onnx.assets.heldout_ids` calls HF tokenizers."""
 
@@ -70,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", type=Path, required=True)
     p.add_argument("--texts", default="sotu-2000+,moby-dick")
     p.add_argument("--windows", type=int, default=20, help="windows of 2,048 tokens per text (default 20)")
+    p.add_argument("--heads", default=",".join(HEADS), help="head choices to export and score (float first)")
     p.add_argument("--slices", default="1,3", help="forced slice counts to score (default 1,3)")
     p.add_argument("--taus", default="0.05", help="τ points besides the forced counts")
     p.add_argument("--accuracy-level", type=int, default=4)
@@ -83,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     from mbq_onnx.runtime import MbqSession
 
     tok = Tokenizer.from_file(str(args.artifact / "tokenizer.json"))
-    dirs = {h: export(args.artifact, h, args.accuracy_level) for h in HEADS}
+    heads = [h for h in args.heads.split(",") if h]
+    if heads[:1] != ["float"] or any(h not in HEADS for h in heads):
+        p.error(f"--heads {args.heads!r}: float first, then any of {', '.join(HEADS[1:])}")
+    dirs = {h: export(args.artifact, h, args.accuracy_level) for h in heads}
     sessions = {h: MbqSession(d, threads=args.threads) for h, d in dirs.items()}
     points = [(0.0, int(k)) for k in args.slices.split(",") if k]
     points += [(float(t), 0) for t in args.taus.split(",") if t]
@@ -96,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         for tau, force in points:
             nll = {h: np.array(window_scores(s, wins, tau, force)) for h, s in sessions.items()}
             row = {"text": text, "windows": len(wins), "tau": tau, "force_slices": force}
-            for h in HEADS:
+            for h in heads:
                 row[f"ppl_{h}"] = math.exp(nll[h].sum() / (tokens * len(wins)))
                 if h != "float":
                     row[f"ratio_{h}"] = paired_ratio(nll["float"], nll[h], tokens, rng)
@@ -111,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in rows:
         point = f"{r['force_slices']} slice(s)" if r["force_slices"] else f"τ = {r['tau']}"
-        cells = [f"{r[f'ppl_{h}']:.2f} ({r[f'ratio_{h}'][0]:.4f} [{r[f'ratio_{h}'][1]:.4f}, "
-                 f"{r[f'ratio_{h}'][2]:.4f}])" for h in ("8bit", "mixed")]  # fmt: skip
+        cells = [_cell(r, h) for h in ("8bit", "mixed")]
         lines.append(f"| {r['text']} | {point} | {r['ppl_float']:.2f} | {cells[0]} | {cells[1]} |")
     write_file(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
