@@ -59,6 +59,12 @@ def _export(artifact: Path, model_dir: Path) -> None:
             "--output",
             str(model_dir),
             "--overwrite",
+            # the fast deployment configuration, as GenAI and llama.cpp ship theirs: int8 activations and
+            # an 8-bit LM head (+0.3 % perplexity for the head; README, end-to-end bench)
+            "--accuracy-level",
+            "4",
+            "--lm-head",
+            "8bit",
         ],
         "export",
     )
