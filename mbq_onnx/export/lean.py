@@ -279,7 +279,7 @@ def rewrite_graph(
             for w in weights:
                 graph.drop_init(w)
 
-    _logits_tail(graph, matmuls, spec, lm_head, accuracy_level, replaced)
+    _logits_tail(graph, spec, lm_head, accuracy_level, replaced)
     graph.g.input.extend([
         helper.make_tensor_value_info("tau", TensorProto.FLOAT, []),
         helper.make_tensor_value_info("force_slices", TensorProto.INT64, []),
@@ -308,7 +308,7 @@ def rewrite_graph(
 
 
 def _logits_tail(
-    graph: _Graph, matmuls, spec: QuantSpec, lm_head: str, accuracy_level: int, replaced
+    graph: _Graph, spec: QuantSpec, lm_head: str, accuracy_level: int, replaced: set[str]
 ) -> None:
     """``logits_to_keep`` slicing before the LM head; the head float, 8-bit or mixed; untie the embedding."""
     head = next((n for n in graph.g.node if n.op_type == "MatMul" and n.output[0] == "logits"), None)
@@ -380,13 +380,11 @@ def build_lean_graph(
     Returns the graph, its router groups and the builder's ``genai_config.json`` (as a dict)."""
     import json
 
-    from .exporter import dequantize_model
-
     hf_dir, out_dir = work / "hf", work / "builder"
     out_dir.mkdir(parents=True)
     # The builder needs a float transformers folder; linears come back as MixedBitMatMul below, so a
     # copy with dequantized weights is only its scaffolding. Keep the mixed-bit modules for step 2.
-    float_model = _float_scaffold(hf_model, dequantize_model)
+    float_model = _float_scaffold(hf_model, spec.num_slices)
     float_model.save_pretrained(hf_dir, safe_serialization=True)
     del float_model
     _builder_tokenizer(tokenizer_dir, hf_dir)
@@ -415,12 +413,13 @@ def _builder_tokenizer(src: Path | None, hf_dir: Path) -> None:
     (hf_dir / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}\n')
 
 
-def _float_scaffold(hf_model: nn.Module, dequantize) -> nn.Module:
-    """A float copy of ``hf_model`` (all slices dequantized, routers removed) that transformers can save."""
+def _float_scaffold(hf_model: nn.Module, n_slices: int) -> nn.Module:
+    """A float copy of ``hf_model`` (``n_slices`` dequantized, routers removed) that transformers can save."""
     import copy
 
-    clone = copy.deepcopy(hf_model)
-    dequantize(clone, spec_slices(clone))
+    from .exporter import dequantize_model
+
+    clone = dequantize_model(copy.deepcopy(hf_model), n_slices)
     clone.hf_quantizer = None
     if hasattr(clone.config, "quantization_config"):
         del clone.config.quantization_config
@@ -428,14 +427,6 @@ def _float_scaffold(hf_model: nn.Module, dequantize) -> nn.Module:
         if hasattr(clone, attr):
             delattr(clone, attr)
     return clone
-
-
-def spec_slices(model: nn.Module) -> int:
-    spec = getattr(model, "mbq_spec", None)
-    if spec is not None:
-        return spec.num_slices
-    first = next((m for m in model.modules() if isinstance(m, MixedBitLinear)), None)
-    return first.spec.num_slices if first is not None else 1
 
 
 def temp_workdir(near: Path) -> tempfile.TemporaryDirectory:
