@@ -41,6 +41,18 @@ class Weights:
         return cls(spec, n, k, pack(codes, spec), scales, zeros)
 
 
+def single_node_model(node, inputs, output: tuple[str, int], initializers) -> onnx.ModelProto:
+    """A one-node model of a ``com.mbq`` op (``output`` = (name, element type)) for the kernel tests.
+    IR 10 (ORT >= 1.17 reads it): the arm64/Android runtimes are older than the PyPI one."""
+    outputs = [helper.make_tensor_value_info(output[0], output[1], None)]
+    graph = helper.make_graph([node], node.op_type, inputs, outputs, initializers)
+    return helper.make_model(
+        graph,
+        ir_version=IR_VERSION,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
+    )
+
+
 def make_model(
     w: Weights,
     *,
@@ -86,19 +98,7 @@ def make_model(
         domain=DOMAIN,
         **node_attrs,
     )
-    graph = helper.make_graph(
-        [node],
-        "mixed_bit_matmul",
-        inputs,
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-        initializers,
-    )
-    # IR 10 (ORT >= 1.17 reads it): the arm64/Android runtimes are older than the PyPI one.
-    return helper.make_model(
-        graph,
-        ir_version=IR_VERSION,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-    )
+    return single_node_model(node, inputs, ("Y", TensorProto.FLOAT), initializers)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import onnx
-from cases import DOMAIN, IR_VERSION, OPSET, Case
+from cases import DOMAIN, Case, single_node_model
 from onnx import TensorProto, helper, numpy_helper
 
 from mbq_onnx.quant.reference import router_counts
@@ -80,18 +80,7 @@ def make_router_model(
     node = helper.make_node(
         "RouterCounts", ["X", "thresholds", *WEIGHT_NAMES], ["counts"], domain=DOMAIN, **node_attrs
     )
-    graph = helper.make_graph(
-        [node],
-        "router_counts",
-        inputs,
-        [helper.make_tensor_value_info("counts", TensorProto.INT64, None)],
-        initializers,
-    )
-    return helper.make_model(
-        graph,
-        ir_version=IR_VERSION,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-    )
+    return single_node_model(node, inputs, ("counts", TensorProto.INT64), initializers)
 
 
 def lead_shape(rows: int, rank: int, rng: np.random.Generator) -> tuple[int, ...]:
