@@ -32,7 +32,7 @@ __all__ = [
     "prepare_metadata_for_build_wheel",
 ]
 
-SETUPTOOLS = "setuptools>=68"
+SETUPTOOLS = "setuptools>=77"  # SPDX `project.license`
 
 
 def get_requires_for_build_editable(config_settings: dict | None = None) -> list[str]:
