@@ -19,12 +19,18 @@ into ``<cache>/ort_sdk/``::
     android/jni/arm64-v8a/*.so        Android arm64 runtime + JNI bridge
     sdk.json                          versions (also the completeness stamp)
 
-``<cache>`` is ``$MBQ_CACHE_DIR`` if set, else ``<repo>/.cache``. Setting ``$MBQ_ORT_SDK``
-to an existing SDK directory skips fetching altogether. The script is idempotent (the stamp
+``--headers`` fetches only what compiling ``libmbq_ops`` needs (the package build,
+``custom_ops/CMakeLists.txt``, runs it): the AAR's headers into ``<cache>/ort_headers/include``
+(stamp ``headers.json``), or the full SDK's ``include/`` when that is already there; it prints
+the include directory.
+
+``<cache>`` is ``$MBQ_CACHE_DIR`` if set, else ``<repo>/.cache`` in a git checkout, else (an
+unpacked sdist being built into a wheel) ``${XDG_CACHE_HOME:-~/.cache}/mbq-onnx``. Setting
+``$MBQ_ORT_SDK`` to an existing SDK directory skips fetching altogether. The script is idempotent (the stamp
 records the package versions) and atomic (unpacks into a temporary sibling, then renames).
 It prints the SDK directory on stdout; progress goes to stderr.
 
-Usage: ``python tools/fetch_ort_sdk.py [--force]``
+Usage: ``python tools/fetch_ort_sdk.py [--headers] [--force]``
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ ASUS4_PACKAGE = ("com.github.asus4.onnxruntime", "0.4.9")
 NODE_PACKAGE = ("onnxruntime-node", "1.30.0")
 ANDROID_ABI = "arm64-v8a"
 STAMP_NAME = "sdk.json"
+HEADERS_STAMP_NAME = "headers.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Files an SDK directory must hold to be usable (relative to the SDK root).
@@ -56,6 +63,8 @@ REQUIRED_FILES = (
     "android/classes.jar",
     "android/onnxruntime.aar",
 )
+# The subset a headers-only directory holds (what compiling libmbq_ops includes).
+REQUIRED_HEADERS = tuple(rel for rel in REQUIRED_FILES if rel.startswith("include/"))
 
 
 class SdkError(RuntimeError):
@@ -67,9 +76,15 @@ def _log(msg: str) -> None:
 
 
 def cache_root() -> Path:
-    """The cache root: ``$MBQ_CACHE_DIR`` if set, else ``<repo>/.cache``."""
+    """The cache root: ``$MBQ_CACHE_DIR``, else ``<repo>/.cache`` in a git checkout, else the user's cache
+    (``${XDG_CACHE_HOME:-~/.cache}/mbq-onnx``: an unpacked sdist is a throwaway directory)."""
     env = os.environ.get("MBQ_CACHE_DIR")
-    return Path(env).expanduser().resolve() if env else REPO_ROOT / ".cache"
+    if env:
+        return Path(env).expanduser().resolve()
+    if (REPO_ROOT / ".git").exists():
+        return REPO_ROOT / ".cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache").expanduser().resolve() / "mbq-onnx"
 
 
 def _expected_stamp() -> dict[str, str]:
@@ -80,9 +95,9 @@ def _expected_stamp() -> dict[str, str]:
     }
 
 
-def missing_files(sdk: Path) -> list[str]:
-    """Required SDK files absent from ``sdk`` (empty when complete)."""
-    return [rel for rel in REQUIRED_FILES if not (sdk / rel).exists()]
+def missing_files(sdk: Path, required: tuple[str, ...] = REQUIRED_FILES) -> list[str]:
+    """Required files (default: the full SDK's) absent from ``sdk`` (empty when complete)."""
+    return [rel for rel in required if not (sdk / rel).exists()]
 
 
 def _stamp_ok(sdk: Path) -> bool:
@@ -91,6 +106,14 @@ def _stamp_ok(sdk: Path) -> bool:
     except (OSError, ValueError):
         return False
     return all(stamp.get(k) == v for k, v in _expected_stamp().items()) and not missing_files(sdk)
+
+
+def _headers_stamp_ok(headers: Path) -> bool:
+    try:
+        stamp = json.loads((headers / HEADERS_STAMP_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return stamp.get(ASUS4_PACKAGE[0]) == ASUS4_PACKAGE[1] and not missing_files(headers, REQUIRED_HEADERS)
 
 
 def npm_pack(name: str, version: str, dest: Path) -> Path:
@@ -176,9 +199,9 @@ def _ort_api_version(include: Path) -> int | None:
     return None
 
 
-def _swap_in(new: Path, sdk: Path) -> None:
+def _swap_in(new: Path, sdk: Path, current=_stamp_ok) -> None:
     """Rename ``new`` to ``sdk``, replacing a stale ``sdk``; if a concurrent run has just installed a
-    current SDK there, keep that one (``new`` is then left for the caller to delete)."""
+    ``current`` one there, keep that one (``new`` is then left for the caller to delete)."""
     try:
         if sdk.exists():  # stale or partial: move aside, swap in, then delete
             old = Path(tempfile.mkdtemp(dir=sdk.parent, prefix=f".{sdk.name}-old-"))
@@ -188,7 +211,7 @@ def _swap_in(new: Path, sdk: Path) -> None:
         else:
             os.replace(new, sdk)
     except OSError:
-        if not _stamp_ok(sdk):
+        if not current(sdk):
             raise
 
 
@@ -252,6 +275,47 @@ def build_sdk(sdk: Path, npm_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def build_headers(headers: Path, npm_dir: Path) -> None:
+    """Fetch the AAR's package and unpack only its C/C++ headers into ``headers/include`` atomically."""
+    asus4_tgz = npm_pack(*ASUS4_PACKAGE, npm_dir)
+    headers.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=headers.parent, prefix=f".{headers.name}-tmp-"))
+    tmp.chmod(0o755)  # mkdtemp creates 0700
+    try:
+        aar = tmp / "onnxruntime.aar"
+        _extract_tar_members(asus4_tgz, {"package/Plugins/Android/onnxruntime.aar": aar})
+        with zipfile.ZipFile(aar) as zf:
+            names = [n for n in zf.namelist() if n.startswith("headers/") and not n.endswith("/")]
+            if not names:
+                raise SdkError(f"{aar.name} has no headers/ directory")
+            for name in names:
+                with zf.open(name) as src:
+                    _copy_stream(src, tmp / "include" / Path(name).name)
+        aar.unlink()
+        stamp = {ASUS4_PACKAGE[0]: ASUS4_PACKAGE[1], "ort_api_version": _ort_api_version(tmp / "include")}
+        (tmp / HEADERS_STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n")
+        if missing := missing_files(tmp, REQUIRED_HEADERS):
+            raise SdkError(f"unpacked headers are incomplete, missing {missing}")
+        _swap_in(tmp, headers, _headers_stamp_ok)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_ort_headers(force: bool = False) -> Path:
+    """A directory holding the ORT C/C++ headers: the SDK's ``include/`` (``$MBQ_ORT_SDK``, or a complete
+    cached SDK), else ``<cache>/ort_headers/include``, fetched on first use (the AAR package only)."""
+    if os.environ.get("MBQ_ORT_SDK"):
+        return ensure_ort_sdk() / "include"
+    root = cache_root()
+    if not force and _stamp_ok(root / "ort_sdk"):
+        return root / "ort_sdk" / "include"
+    headers = root / "ort_headers"
+    if force or not _headers_stamp_ok(headers):
+        _log("fetching the ONNX Runtime C/C++ headers")
+        build_headers(headers, root / "npm")
+    return headers / "include"
+
+
 def ensure_ort_sdk(force: bool = False) -> Path:
     """Return a complete ORT SDK directory, fetching it on first use.
 
@@ -276,13 +340,16 @@ def ensure_ort_sdk(force: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--force", action="store_true", help="re-unpack even if the stamp says it is current")
+    parser.add_argument(
+        "--headers", action="store_true", help="only the C/C++ headers (prints their include directory)"
+    )
     args = parser.parse_args(argv)
     try:
-        sdk = ensure_ort_sdk(force=args.force)
+        out = ensure_ort_headers(force=args.force) if args.headers else ensure_ort_sdk(force=args.force)
     except SdkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(sdk)
+    print(out)
     return 0
 
 

@@ -26,7 +26,7 @@ if ((${#missing[@]})); then
 fi
 
 PY=${PYTHON:-python3}
-if $PY -c "import torch, transformers, onnxscript, onnxruntime, onnxruntime_genai, pytest, ruff, ray.serve, openai, httpx, prometheus_client" 2>/dev/null; then
+if $PY -c "import torch, transformers, onnxscript, onnxruntime, onnxruntime_genai, pytest, ruff, build, ray.serve, openai, httpx, prometheus_client" 2>/dev/null; then
   # Dependencies present: (re)point the editable install at this checkout only.
   $PY -m pip install -q --no-deps -e . 2>&1 | grep -v "as the 'root' user" || true
 else
