@@ -76,8 +76,8 @@ class OpenAIFrontend:
 
     DEFAULT_MAX_TOKENS = 16
 
-    def __init__(self, engine: BatchEngine, model_name: str, chat: ChatTemplate | None):
-        self.engine, self.model_name, self.chat = engine, model_name, chat
+    def __init__(self, engine: BatchEngine, model_name: str, chat: ChatTemplate | None, replica: str = ""):
+        self.engine, self.model_name, self.chat, self.replica = engine, model_name, chat, replica
         self.tokenizer = engine.session.tokenizer
         self.vocab_size = self.tokenizer.get_vocab_size()
 
@@ -203,7 +203,7 @@ class OpenAIFrontend:
         stats = dict(final.stats or {}) if final else {}
         n = stats.pop("completion_tokens", 0)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
-        return {"usage": usage, "mbq": stats}
+        return {"usage": usage, "mbq": {**stats, "replica": self.replica}}
 
     async def _sse(
         self, events: AsyncIterator[TokenEvent], rid, created, chat, prompt_tokens

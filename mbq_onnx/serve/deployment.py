@@ -65,7 +65,8 @@ class MbqReplica:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.engine = build_engine(options)
         chat = ChatTemplate.from_model_dir(Path(options.model_dir))
-        self.frontend = OpenAIFrontend(self.engine, options.model_name, chat)
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.frontend = OpenAIFrontend(self.engine, options.model_name, chat, replica)
 
     @app.get("/health")
     def health(self) -> dict:

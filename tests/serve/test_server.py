@@ -172,3 +172,15 @@ def test_adaptive_server_reports_its_precision(serve_model):
         mbq = out.model_extra["mbq"]
         assert mbq["tau_max"] == 0.0 and mbq["slices_forced"] == 0
         assert _metric(url, "mbq_tau") == 0.0
+
+
+def test_two_replicas_share_the_load(serve_model, session):
+    """``--replicas 2`` on the local Ray: both replicas serve, with the same tokens."""
+    want = _reference(session, PROMPTS[3], 24)
+    with running_server(serve_model, "--replicas", "2") as url:
+        c = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
+        with cf.ThreadPoolExecutor(12) as pool:
+            body = {"model": serve_model.name, "prompt": PROMPTS[3], "max_tokens": 24, "temperature": 0}
+            outs = list(pool.map(lambda _: c.completions.create(**body), range(24)))
+    assert all(o.choices[0].text == want for o in outs)
+    assert len({o.model_extra["mbq"]["replica"] for o in outs}) == 2
