@@ -123,7 +123,21 @@ inline int rot(int from, int to) { return (to - from + 32) & 31; }
 struct Plan {
   __m512i rot4[2][2], mask4[2];  // [plane][part]
   __m512i rot2[4][2], mask2[4];  // [plane][part pair]: parts 2h (low 256 bits) and 2h + 1 (high 256 bits)
+  // GEMM rows with k < S slices read the full codes as qk = code >> base(k) (0: the codes as they are).
+  int rshift8 = 0;
+  __m128i rshift8_count;
+  __m512i mask8;
 };
+
+// The 8-bit parts of a unit, truncated to the row's k slices when the plan says so.
+__attribute__((always_inline)) inline void load8(const Plan& plan, const uint8_t* src, __m512i d[2]) {
+  d[0] = _mm512_loadu_si512(src);
+  d[1] = _mm512_loadu_si512(src + 64);
+  if (plan.rshift8) {
+    d[0] = _mm512_and_si512(_mm512_srl_epi16(d[0], plan.rshift8_count), plan.mask8);
+    d[1] = _mm512_and_si512(_mm512_srl_epi16(d[1], plan.rshift8_count), plan.mask8);
+  }
+}
 
 // The 2-bit parts 2h and 2h + 1 of one unit of N2 sub-planes, as one zmm (the 32 plane bytes are
 // broadcast to both halves; each half rotates its part into place).
@@ -439,9 +453,7 @@ void tile_rows(const PackedWeights& w, const Plan& plan, const PlaneRef* p8, con
     __m512i d8[2], lo, hi;
     __m512i d2[2];
     if constexpr (N8 > 0) {
-      const uint8_t* src = p8[0].data + n * p8[0].row_bytes + static_cast<size_t>(u) * kUnit;
-      d8[0] = _mm512_loadu_si512(src);
-      d8[1] = _mm512_loadu_si512(src + 64);
+      load8(plan, p8[0].data + n * p8[0].row_bytes + static_cast<size_t>(u) * kUnit, d8);
     }
     if constexpr (N4 > 0) {
       __m512i x = _mm512_loadu_si512(p4[0].data + n * p4[0].row_bytes + static_cast<size_t>(u) * 64);
@@ -512,9 +524,7 @@ void tile_rows4(const PackedWeights& w, const Plan& plan, const PlaneRef* p8, co
     __m512i d2[C][2];
     for (int c = 0; c < C; ++c) {
       if constexpr (N8 > 0) {
-        const uint8_t* src = p8[0].data + (n + c) * p8[0].row_bytes + static_cast<size_t>(u) * kUnit;
-        d8[c][0] = _mm512_loadu_si512(src);
-        d8[c][1] = _mm512_loadu_si512(src + 64);
+        load8(plan, p8[0].data + (n + c) * p8[0].row_bytes + static_cast<size_t>(u) * kUnit, d8[c]);
       }
       if constexpr (N4 > 0) {
         __m512i x = _mm512_loadu_si512(p4[0].data + (n + c) * p4[0].row_bytes + static_cast<size_t>(u) * 64);
@@ -637,6 +647,14 @@ struct Setup {
     half = w.group_size < kUnit;
     if (k == w.num_slices && w.codes.data) {  // all slices: the full codes, one byte per weight
       p8[n8++] = PlaneRef{w.codes.data, w.codes.row_bytes, 0};
+    } else if (!gemv && w.codes.data && fast) {
+      // GEMM: the decode is shared by all rows, the multiply-adds are not; the truncated codes as one
+      // byte per weight (code >> base) need 2 vpdpbusd per 128 weights and row whatever k is, where the
+      // sub-planes need 2 per plane width (a 4+2-bit row: 4).
+      p8[n8++] = PlaneRef{w.codes.data, w.codes.row_bytes, 0};
+      plan.rshift8 = base;
+      plan.rshift8_count = _mm_cvtsi32_si128(base);
+      plan.mask8 = _mm512_set1_epi8(static_cast<char>(0xFF >> base));
     } else {
       for (int p = 0; p < w.subplane_end[k] && fast; ++p) {
         const SubPlane& sp = w.sub[p];
