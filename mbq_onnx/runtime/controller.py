@@ -156,12 +156,13 @@ class BudgetController:
         self.target_ms = float(target_ms)
         self.setpoint_ms = self.target_ms * (1.0 - self.params.headroom)
         self.ratio = 1.0
+        self.scale = 1.0  # batch scale (docs/controller.md, "Batch scale"); 1 outside the server
         self._recent: list[float] = []  # the last `window` observed ratios, oldest first
         self.tau = self.map.tau_for_latency(self.setpoint_ms / self.ratio)
         self.decision = self._decide()
 
     def _decide(self) -> Decision:
-        m, r = self.map, self.ratio
+        m, r = self.map, self.ratio * self.scale
         predicted = r * m.latency_at(self.tau)
         if self.tau == m.tau_max and r * m.latency[-1] > self.target_ms:
             status = INFEASIBLE
@@ -169,23 +170,40 @@ class BudgetController:
             status = MAX_PRECISION
         else:
             status = TRACKING
-        return Decision(self.tau, 0, status, r, predicted)
+        return Decision(self.tau, 0, status, self.ratio, predicted)
+
+    def predict_ms(self, tau: float, scale: float | None = None) -> float:
+        """Predicted step latency at ``tau`` and batch ``scale`` (default: the current one)."""
+        return self.ratio * (self.scale if scale is None else scale) * self.map.latency_at(tau)
+
+    def set_scale(self, scale: float) -> Decision:
+        """Set the batch scale s (step latency at this batch size over batch 1's) and re-decide τ
+        through the hysteresis rule of :meth:`update`, without a measurement."""
+        if not (math.isfinite(scale) and scale > 0.0):
+            raise ValueError(f"batch scale must be finite and > 0, got {scale!r}")
+        self.scale = float(scale)
+        self._retarget()
+        self.decision = self._decide()
+        return self.decision
+
+    def _retarget(self) -> None:
+        rs = self.ratio * self.scale
+        if abs(rs * self.map.latency_at(self.tau) - self.setpoint_ms) > self.params.band * self.setpoint_ms:
+            self.tau = self.map.tau_for_latency(self.setpoint_ms / rs)
 
     def update(self, measured_ms: float) -> Decision:
         """Account for one measured decode-step latency (ms) and return the next decision."""
         if not (math.isfinite(measured_ms) and measured_ms > 0.0):
             raise ValueError(f"measured latency must be finite and > 0 ms, got {measured_ms!r}")
         p, m = self.params, self.map
-        self._recent.append(measured_ms / m.latency_at(self.tau))
+        self._recent.append(measured_ms / (self.scale * m.latency_at(self.tau)))
         if len(self._recent) > p.window:
             self._recent.pop(0)
         observed = _median(self._recent)
         observed = min(max(observed, self.ratio / p.spike_factor), self.ratio * p.spike_factor)
         r = self.ratio + p.gain * (observed - self.ratio)
         self.ratio = min(max(r, p.ratio_min), p.ratio_max)
-        predicted = self.ratio * m.latency_at(self.tau)
-        if abs(predicted - self.setpoint_ms) > p.band * self.setpoint_ms:
-            self.tau = m.tau_for_latency(self.setpoint_ms / self.ratio)
+        self._retarget()
         self.decision = self._decide()
         return self.decision
 

@@ -130,3 +130,52 @@ def load_or_probe(
     }
     write_file(path, json.dumps(record, indent=1))
     return lm, False
+
+
+class BatchScale:
+    """``s(n)``: step latency with n decoding rows over that with one (docs/controller.md, "Batch scale"),
+    linear between the probed sizes and clamped at both ends."""
+
+    def __init__(self, sizes: list[int], scales: list[float]):
+        if len(sizes) != len(scales) or not sizes or sizes != sorted(set(sizes)):
+            raise ValueError(f"batch scale needs strictly increasing sizes with one scale each, got {sizes}")
+        self.sizes, self.scales = [float(n) for n in sizes], [float(s) for s in scales]
+
+    def __call__(self, rows: int) -> float:
+        return float(np.interp(rows, self.sizes, self.scales))
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {"sizes": self.sizes, "scales": self.scales}
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    """1, 2, 4, … below ``max_batch``, and ``max_batch`` itself."""
+    sizes = [1 << k for k in range(max_batch.bit_length()) if 1 << k < max_batch]
+    return [*sizes, max_batch]
+
+
+def measure_batch_scale(
+    session: MbqSession, max_batch: int, steps: int = 4, progress: bool = True
+) -> BatchScale:
+    """Probe :class:`BatchScale` on a lean graph: for each size, all slices and the base slice, the median of
+    ``steps`` decode steps after a warm-up one, every row continuing the probe text."""
+    from .batch import BatchKVCache
+
+    if steps < 1 or max_batch < 1:
+        raise ValueError("probe steps and max_batch must be >= 1")
+    ids = session.tokenizer.encode(PROBE_TEXT).ids
+    modes = (0, 1)  # force_slices: 0 = the router at τ=0 (all slices), 1 = the base slice only
+    medians: dict[int, list[float]] = {}
+    sizes = batch_sizes(max_batch)
+    for n in tqdm(sizes, desc="batch probe", unit="size", disable=not progress, leave=False):
+        cache = BatchKVCache(session, n, capacity=len(ids) + 2 * (steps + 1) + 1)
+        for _ in range(n):
+            out = cache.prefill(ids, tau=0.0)
+        token = [int(np.argmax(out.logits[0]))] * n
+        medians[n] = []
+        for force in modes:
+            lat = [cache.decode(token, 0.0, force).latency_ms for _ in range(steps + 1)][1:]
+            medians[n].append(float(np.median(lat)))
+    base = medians[1]
+    ratios = [np.mean([m / b for m, b in zip(medians[n], base, strict=True)]) for n in sizes]
+    return BatchScale(sizes, [float(r) for r in ratios])

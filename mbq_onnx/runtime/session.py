@@ -142,7 +142,7 @@ class StepOutput:
     """One forward call: logits, the new KV cache, slice counts and its wall time."""
 
     logits: np.ndarray  # float32 [b, vocab] at the last position ([b, s, vocab] with all_positions)
-    present: KVCache  # key0, value0, key1, value1, ... (a lean graph: the same SharedKVCache, advanced)
+    present: Any  # key0, value0, … (a lean graph: its SharedKVCache, advanced; batched: the BatchKVCache)
     slice_counts: np.ndarray  # int64 [num_routed, b, s]
     latency_ms: float
 
@@ -287,10 +287,28 @@ class MbqSession:
             attention_mask = np.ones((b, total), np.int64)
         io = cache.bindings.get(id(self.session))
         if io is None:
-            io = cache.bindings[id(self.session)] = self._bind_cache(cache)
+            io = cache.bindings[id(self.session)] = self.bind_cache(cache.buffers)
+        out = self.run_bound(io, input_ids, attention_mask, tau, force_slices, s if all_positions else 1)
+        cache.length = total
+        out.present = cache
+        if not all_positions:
+            out.logits = out.logits[:, -1, :]
+        return out
+
+    def run_bound(
+        self,
+        io: Any,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        tau: float,
+        force_slices: int,
+        logits_to_keep: int = 1,
+    ) -> StepOutput:
+        """One lean-graph call through ``io`` (an IOBinding from :meth:`bind_cache`): logits
+        ``[b, logits_to_keep, vocab]``; ``present`` is left ``None`` for the caller's cache to fill in."""
         io.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
         io.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, np.int64))
-        io.bind_cpu_input("logits_to_keep", np.array(s if all_positions else 1, np.int64))
+        io.bind_cpu_input("logits_to_keep", np.array(logits_to_keep, np.int64))
         if self.mixed_bit:
             io.bind_cpu_input("tau", np.array(tau, np.float32))
             io.bind_cpu_input("force_slices", np.array(force_slices, np.int64))
@@ -301,20 +319,19 @@ class MbqSession:
         self.session.run_with_iobinding(io)
         latency_ms = (time.perf_counter() - t0) * 1e3
         outs = io.get_outputs()[-2 if self.mixed_bit else -1 :]
-        cache.length = total
-        logits = outs[0].numpy()
         return StepOutput(
-            logits=logits if all_positions else logits[:, -1, :],
-            present=cache,
+            logits=outs[0].numpy(),
+            present=None,
             slice_counts=outs[1].numpy() if self.mixed_bit else np.zeros((0,), np.int64),
             latency_ms=latency_ms,
         )
 
-    def _bind_cache(self, cache: SharedKVCache) -> Any:
+    def bind_cache(self, buffers: list[ort.OrtValue]) -> Any:
+        """An IOBinding with ``buffers`` (key0, value0, key1, …) bound as both past and present."""
         io = self.session.io_binding()
         for i in range(self.config.num_layers):
             for j, kind in enumerate(("key", "value")):
-                buf = cache.buffers[2 * i + j]
+                buf = buffers[2 * i + j]
                 io.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
                 io.bind_ortvalue_output(f"present.{i}.{kind}", buf)
         return io

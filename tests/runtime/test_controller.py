@@ -201,3 +201,21 @@ def test_frequent_spikes_do_not_make_it_conservative() -> None:
     setpoint = 15.0 * (1 - ControllerParams().headroom)
     assert abs(ordinary_latency(5) - setpoint) <= 0.05 * setpoint
     assert ordinary_latency(1) < 0.9 * setpoint  # without the filter it backs off: the check above can fail
+
+
+def test_batch_scale_one_is_the_plain_controller_and_larger_scales_raise_tau():
+    """docs/controller.md, "Batch scale": s = 1 changes nothing; a slower batch moves τ up at once, and the
+    measurements it then sees are read relative to the scaled map."""
+    lmap = LatencyMap([MapPoint(0.0, 8.0, 10.0), MapPoint(0.5, 6.0, 8.0), MapPoint(1.0, 4.0, 6.0)])
+    plain, scaled = BudgetController(lmap, 9.0), BudgetController(lmap, 9.0)
+    assert scaled.set_scale(1.0) == plain.decision
+    for ms in (9.0, 8.5, 9.5):
+        assert scaled.update(ms) == plain.update(ms)
+    before = scaled.decision.tau
+    d = scaled.set_scale(1.2)
+    assert d.tau > before and d.predicted_ms == pytest.approx(scaled.setpoint_ms, rel=0.03)
+    assert scaled.predict_ms(1.0, 2.0) == pytest.approx(scaled.ratio * 2.0 * 6.0)
+    assert scaled.set_scale(3.0).status == INFEASIBLE
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="batch scale"):
+            scaled.set_scale(bad)
