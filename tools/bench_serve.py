@@ -767,8 +767,13 @@ def _model_dir(args: argparse.Namespace) -> Path:
                 f"bench_serve: --model {args.model}: no mbq_config.json (not an exported model dir)"
             )
         return args.model
-    from demo import prepare_model  # tools/demo.py: calibrate (fast preset) + export, reusing the cache
+    from demo import MODEL_NAME, prepare_model  # tools/demo.py: calibrate (fast preset) + export
 
+    from mbq_onnx.assets import cache_dir
+
+    ready = cache_dir() / "models" / MODEL_NAME  # the demo's export: reused as is when complete
+    if all((ready / f).is_file() for f in ("mbq_config.json", "model.onnx")):
+        return ready
     return prepare_model(fresh=False)
 
 
