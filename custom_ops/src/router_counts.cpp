@@ -5,6 +5,7 @@
 #undef ORT_API_MANUAL_INIT
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -128,6 +129,28 @@ void load_weights(const Attrs& at, const Value& W1, const Value& B1, const Value
   copy(B1, static_cast<size_t>(H), out.b1);
   copy(W2, static_cast<size_t>(H) * C, out.w2);
   copy(B2, static_cast<size_t>(C), out.b2);
+  out.framed = true;
+  for (int64_t c = 0; c < C && out.framed; ++c) {
+    const int64_t j = c % out.S1;
+    const bool edge = j == 0 || j == out.S1 - 1;
+    const float want = j == 0 ? INFINITY : -INFINITY;
+    for (int64_t r = 0; r < H && out.framed; ++r) {
+      const float v = out.w2[static_cast<size_t>(r) * C + c];
+      out.framed = edge ? v == 0.f : std::isfinite(v);
+    }
+    out.framed = out.framed && (edge ? out.b2[c] == want : std::isfinite(out.b2[c]));
+  }
+}
+
+// The count every row gets when the thresholds decide it without the MLP (docs: custom_ops/README.md,
+// "Decided by the thresholds"), else -1: column 0 on (threshold < +inf), then columns at -inf are on
+// for any finite logit and the first at +inf is off.
+int64_t threshold_count(const mbq::RouterWeights& w, const float* thr) {
+  if (!w.framed || !(thr[0] < INFINITY)) return -1;
+  int j = 1;
+  while (j < w.S1 - 1 && thr[j] == -INFINITY) ++j;
+  if (j == w.S1 - 1 || thr[j] == INFINITY) return j;
+  return -1;
 }
 
 struct Job {
@@ -213,6 +236,10 @@ void Kernel::Compute(OrtKernelContext* raw) const {
   Ort::UnownedValue Y = ctx.GetOutput(0, ys);
   if (rows == 0) return;
   int64_t* out = Y.GetTensorMutableData<int64_t>();
+  if (const int64_t decided = threshold_count(*w, T.GetTensorData<float>()); decided >= 0) {
+    std::fill(out, out + rows * (!attrs.combine && w->M > 1 ? w->M : 1), decided);  // forced, τ = 0 or 1
+    return;
+  }
   Job job{w.get(), fn, T.GetTensorData<float>(), X.GetTensorData<float>(), out, rows, rows};
   const double work = static_cast<double>(rows) * (static_cast<double>(w->K + 1) * w->H + static_cast<double>(w->H) * w->M * w->S1);
   if (rows == 1 || work < 262144.0) {  // decode: no pool dispatch (below ~10 us the pool costs more)

@@ -19,6 +19,9 @@ struct RouterWeights {
   float pad = 0.f;
   int Kp = 0;  // K+1 rounded up to a multiple of 8
   std::vector<float> w1t, b1, w2, b2;  // W1 transposed and zero-padded [H][Kp], [H], [H][M*S1], [M*S1]
+  // Every member's column 0 is always on and column S always off (zero W2 columns, B2 +inf / -inf) and
+  // columns 1..S-1 are finite: thresholds of ±inf then decide the count alone (threshold_count).
+  bool framed = false;
   size_t scratch_floats() const { return static_cast<size_t>(Kp) + H + static_cast<size_t>(M) * S1; }
 };
 

@@ -74,6 +74,28 @@ def router_logits(
     return logits.reshape(*x.shape[:-1], members, logits.shape[-1] // members)
 
 
+def threshold_count(thr: np.ndarray, w2: np.ndarray, b2: np.ndarray, members: int) -> int | None:
+    """The count every row gets when ``thr`` decides it without the MLP, else None (custom_ops/README.md,
+    "Decided by the thresholds"): every member framed (column 0: zero W2 column, B2 +inf; column S: zero
+    W2 column, B2 -inf; finite columns between), ``thr[0] < +inf``, then ``-inf`` thresholds up to the
+    first ``+inf`` one."""
+    s1 = thr.shape[-1]
+    w2, b2 = w2.reshape(w2.shape[0], members, s1), b2.reshape(members, s1)
+    framed = (
+        np.all(w2[:, :, [0, -1]] == 0)
+        and np.all(b2[:, 0] == np.inf)
+        and np.all(b2[:, -1] == -np.inf)
+        and np.all(np.isfinite(w2[:, :, 1:-1]))
+        and np.all(np.isfinite(b2[:, 1:-1]))
+    )
+    if not framed or not thr[0] < np.inf:
+        return None
+    j = 1
+    while j < s1 - 1 and thr[j] == -np.inf:
+        j += 1
+    return j if j == s1 - 1 or thr[j] == np.inf else None
+
+
 def router_counts(
     x: np.ndarray,
     thresholds: np.ndarray,
@@ -92,8 +114,12 @@ def router_counts(
     Per member the count is the first index whose ``logit > threshold`` is false (0 when none is);
     ``combine=1`` takes the max over members, else the shape is ``[..., members]`` (``[...]`` for one member).
     """
-    logits = router_logits(x, w1, b1, w2, b2, pad, members)
     thr = np.asarray(thresholds, np.float64)
+    decided = threshold_count(thr, np.asarray(w2), np.asarray(b2), members)
+    if decided is not None:  # the MLP is not evaluated (NaN in x cannot lower the count)
+        shape = np.shape(x)[:-1] + ((members,) if members > 1 and not combine else ())
+        return np.full(shape, decided, np.int64), np.full(shape, np.inf)
+    logits = router_logits(x, w1, b1, w2, b2, pad, members)
     on = logits > thr
     counts = np.argmin(on, axis=-1).astype(np.int64)
     with np.errstate(invalid="ignore"):

@@ -72,6 +72,12 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> ModelConfig:
     for ok, message in checks:
         if not ok:
             p.error(message)
+    try:  # load it once here: a broken model dir or op library is one clear line, not a Ray deploy failure
+        from ..runtime.session import MbqSession
+
+        MbqSession(args.model, threads=1)
+    except Exception as e:
+        p.error(f"--model {args.model}: {e}")
     with socket.socket() as sock:  # Ray's proxy would share a taken port silently (SO_REUSEPORT)
         try:
             sock.bind((args.host, args.port))

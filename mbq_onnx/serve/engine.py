@@ -24,6 +24,9 @@ from ..runtime.probe import BatchScale
 from ..runtime.session import MbqSession
 from .metrics import ServeMetrics
 
+#: EMA gain of the prefill time per step (about the last 16 steps): smooth, so one join is no spike.
+PREFILL_EMA_GAIN = 1.0 / 16.0
+
 
 class Refused(Exception):
     """A request the replica will not serve now: HTTP ``status`` (429/503), ``code``, ``retry_after_s``."""
@@ -122,7 +125,8 @@ class BatchEngine:
         self.cache = BatchKVCache(session, max_batch)
         self.waiting: deque[_Sequence] = deque()
         self.running: list[_Sequence] = []  # running[r] decodes in cache row r
-        self.step_ms = math.nan  # the last step's wall time
+        self.step_ms = math.nan  # the last decode step's wall time plus the amortized prefill time
+        self.prefill_ms_per_step = 0.0  # EMA of the prefill time spent between two decode steps
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._ids = itertools.count()
@@ -220,9 +224,13 @@ class BatchEngine:
                 continue
             t0 = time.perf_counter()
             await self._admit_one()
+            t1 = time.perf_counter()
+            # Every running sequence waits for a join's prefill: its amortized share is part of each token.
+            self.prefill_ms_per_step += PREFILL_EMA_GAIN * ((t1 - t0) * 1e3 - self.prefill_ms_per_step)
             if self.running:
                 await self._decode_step()
-                self.step_ms = (time.perf_counter() - t0) * 1e3
+                decode_ms = (time.perf_counter() - t1) * 1e3
+                self.step_ms = decode_ms + self.prefill_ms_per_step
                 if self.controller is not None:
                     self.controller.update(self.step_ms)
             else:

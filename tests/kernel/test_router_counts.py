@@ -143,6 +143,33 @@ def test_combine_is_max_over_members() -> None:
     assert (per.max(-1) != per.min(-1)).any()  # the members do disagree somewhere
 
 
+@pytest.mark.parametrize(
+    ("tau", "force", "want"), [(None, 1, 1), (None, 2, 2), (None, 4, 4), (0.0, 0, 4), (1.0, 0, 1)]
+)
+@pytest.mark.parametrize("framed", [True, False])
+def test_thresholds_alone_decide_forced_and_extreme_tau(tau, force, want, framed) -> None:
+    """custom_ops/README.md, "Decided by the thresholds": framed weights + ±inf thresholds give the count
+    without the MLP (a NaN row keeps it); unframed weights are evaluated as before."""
+    rng = np.random.default_rng(7)
+    w = router_weights(24, 16, 2, 4, rng, inf_columns=framed)
+    x = rng.standard_normal((6, 24)).astype(np.float32)
+    if framed:
+        x[2] = np.nan
+    if tau is None:
+        thr = thresholds(4, force=force)
+    else:  # as the graph computes it: log(τ) − log(1 − τ) = ∓inf at τ = 0 / 1
+        with np.errstate(divide="ignore"):
+            t = np.log(np.float32(tau)) - np.log(np.float32(1.0 - tau))
+        thr = np.asarray([0.0, t, t, t, 0.0], np.float32)
+    ref, _ = router_counts(x, thr, *(w[n] for n in WEIGHT_NAMES), 0.1, 2)
+    (y,) = session(make_router_model(w, pad=0.1, members=2)).run(None, {"X": x, "thresholds": thr})
+    np.testing.assert_array_equal(y, ref)
+    if framed:
+        assert (y == want).all()
+    else:  # column 0 is no longer on by construction: rows differ
+        assert len(np.unique(y)) > 1
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_weights_as_graph_inputs(threads: int) -> None:
     """Non-constant W1..B2 are checked and used per call (same counts as initializers)."""
