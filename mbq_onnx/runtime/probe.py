@@ -59,6 +59,7 @@ def probe_key(session: MbqSession) -> str:
     for part in (
         f"probe-v{PROBE_VERSION}",
         str(session.model_path.stat().st_size),
+        str(session.ops_library.stat().st_size) if session.ops_library else "no-ops-library",
         (session.model_dir / CONFIG_NAME).read_bytes().decode(),
         f"threads={session.threads}",
         platform.machine(),
