@@ -178,5 +178,9 @@ def measure_batch_scale(
             lat = [cache.decode(token, 0.0, force).latency_ms for _ in range(steps + 1)][1:]
             medians[n].append(float(np.median(lat)))
     base = medians[1]
-    ratios = [np.mean([m / b for m, b in zip(medians[n], base, strict=True)]) for n in sizes]
-    return BatchScale(sizes, [float(r) for r in ratios])
+    scales, prev = [], 1.0
+    for n in sizes:  # monotone and at most n: a noisy probe must not stop admission (s(2) = 20 was seen)
+        ratio = float(np.mean([m / b for m, b in zip(medians[n], base, strict=True)]))
+        prev = min(max(ratio, prev), float(n))
+        scales.append(prev)
+    return BatchScale(sizes, scales)

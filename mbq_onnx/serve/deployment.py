@@ -44,7 +44,7 @@ def build_engine(options: ReplicaOptions, progress: bool = False) -> BatchEngine
     if options.precision.slo_ms is not None:
         cache = Path(options.probe_cache) if options.probe_cache else None
         lmap, _ = load_or_probe(session, cache, progress=progress)
-        scale = measure_batch_scale(session, options.max_batch, progress=progress)
+        scale = measure_batch_scale(session, options.max_batch, steps=8, progress=progress)
     return BatchEngine(
         session,
         options.precision,
