@@ -648,9 +648,11 @@ def summarize(runs: list[dict[str, Any]], target: float | None, max_batch: int) 
             ratios[r["name"]] = round(p[max_batch]["tok_s"] / p[1]["tok_s"], 3)
         if 1 in p and max_batch in p and p[1].get("decode_tok_s") and p[max_batch].get("decode_tok_s"):
             decode[r["name"]] = round(p[max_batch]["decode_tok_s"] / p[1]["decode_tok_s"], 3)
-    pinned = [ratios.get(r["name"]) for r in runs if r["role"] != "adaptive"]
+    # The target is decode throughput: the decode steps alone (prefills of the closed loop's joins
+    # are reported in `ratios`, end to end).
+    pinned = [decode.get(r["name"]) for r in runs if r["role"] != "adaptive"]
     checks["batch_throughput_ratio"] = {
-        "rule": f"pinned servers: tok/s at {max_batch} concurrent sequences ≥ {RATIO_TARGET:g} × at 1",
+        "rule": f"pinned servers: decode tok/s at {max_batch} concurrent sequences ≥ {RATIO_TARGET:g} × at 1",
         "ratios": ratios,
         "note": "ratios: completion tokens / wall time of the closed loop (joins and prefills included); "
         "decode_ratios: concurrency / mean TPOT, the decode steps alone",
