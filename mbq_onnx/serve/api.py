@@ -56,9 +56,9 @@ def error(
     status: int, message: str, param: str | None = None, code: str | None = None, **headers: str
 ) -> Response:
     """An OpenAI-style error response."""
-    kind = "invalid_request_error" if status < 500 and status != 429 else "server_error"
-    if status == 429:
-        kind = "rate_limit_error"
+    kind = (
+        "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+    )
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers or None)
 

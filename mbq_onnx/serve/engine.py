@@ -8,7 +8,6 @@ the GIL), so HTTP handlers stay responsive while a step runs.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import time
 from collections import deque
@@ -55,7 +54,7 @@ class Precision:
         if not (math.isfinite(self.tau) and 0.0 <= self.tau <= 1.0):
             raise ValueError(f"τ must be in [0, 1], got {self.tau!r}")
         if self.slices < 0:
-            raise ValueError(f"slices must be >= 1, got {self.slices!r}")
+            raise ValueError(f"slices must be >= 1 (0: the router decides), got {self.slices!r}")
 
 
 @dataclass
@@ -135,7 +134,6 @@ class BatchEngine:
         self.prefill_ms_per_step = 0.0  # EMA of the prefill time spent between two decode steps
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._ids = itertools.count()
 
     # ---- the request side -------------------------------------------------------------------------
     def validate(self, req: GenerationRequest) -> None:
@@ -194,8 +192,6 @@ class BatchEngine:
         try:
             while True:
                 event = await seq.events.get()
-                if isinstance(event, BaseException):
-                    raise event
                 yield event
                 if event.finish_reason is not None:
                     return
