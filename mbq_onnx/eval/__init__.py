@@ -1,5 +1,6 @@
 """Evaluation: held-out perplexity (any logits function: PyTorch, ONNX Runtime) and quality reports."""
 
+from .methods import METHODS, Method, Variant
 from .perplexity import (
     LogitsFn,
     PerplexityResult,
@@ -11,10 +12,17 @@ from .perplexity import (
     window_nll,
 )
 from .report import annotate_report, check_report, markdown_table, write_report
+from .rows import OrtPart, ReportRow, TextResult
 
 __all__ = [
+    "METHODS",
     "LogitsFn",
+    "Method",
+    "OrtPart",
     "PerplexityResult",
+    "ReportRow",
+    "TextResult",
+    "Variant",
     "annotate_report",
     "bootstrap_ppl",
     "bootstrap_ratio",

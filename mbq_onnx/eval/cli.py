@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mbq_onnx.model.artifact import tau_table_bits as table_bits
 
+from .methods import BASELINES, METHOD_KEYS, METHODS, Variant, method
 from .ort_rows import DEFAULT_TOLERANCE
 from .perplexity import DEFAULT_MAX_WINDOWS
-from .report import upgrade_row
+from .rows import ReportRow
 from .speed import DEFAULT_DECODE_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPEATS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from mbq_onnx.baselines import BaselineSpec
+    from mbq_onnx.calibrate.config import CalibConfig
+    from mbq_onnx.model.artifact import Artifact
+    from mbq_onnx.model.routing import RoutingContext
+
+    from .ort_rows import OrtModel, OrtSettings
+    from .variants import EvalSetup
 
 TEXT_ALIASES = {
     "sotu": "sotu-2000+",
@@ -24,7 +40,6 @@ TEXT_ALIASES = {
     "moby": "moby-dick",
     "moby-dick": "moby-dick",
 }
-BASELINES = ("rtn", "gptq", "single")
 QUICK = {
     "window": 256,
     "max_tokens": 512,
@@ -85,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--baselines",
-        help="comma list of rtn, gptq, single, or 'none' (default: rtn,gptq and, with --artifact, single)",
+        help=f"comma list of {', '.join(BASELINES)}, or 'none' "
+        "(default: rtn,gptq and, with --artifact, single)",
     )
     p.add_argument("--bits", help="baseline bit widths (default: the artifact's precisions, else 4,6,8)")
     p.add_argument("--groups", help="baseline group sizes (default: the artifact's group size, else 128)")
@@ -262,7 +278,7 @@ def pick_taus(tau_table: list[dict[str, float]], count: int) -> list[float]:
 RESUME_KEYS = ("model", "window", "max_windows", "max_tokens", "text_files")
 
 
-def _previous_rows(output: Path, settings: dict[str, Any], texts: list[str]) -> dict[str, dict[str, Any]]:
+def _previous_rows(output: Path, settings: dict[str, Any], texts: list[str]) -> dict[str, ReportRow]:
     """Rows of ``output/quality.json`` by label when it was made with the same settings (else nothing)."""
     import json
 
@@ -276,12 +292,11 @@ def _previous_rows(output: Path, settings: dict[str, Any], texts: list[str]) -> 
     if not same:
         print(f"--resume: {path} was made with other settings; starting afresh", file=sys.stderr)
         return {}
-    rows = {r["label"]: upgrade_row(r) for r in old.get("rows", [])}
+    rows = {r.label: r.upgrade() for r in map(ReportRow.from_dict, old.get("rows", []))}
     if old.get("settings", {}).get("ort") != settings.get("ort"):  # ORT numbers of other settings: redo
-        rows = {k: r for k, r in rows.items() if r.get("backend") != "ort"}
+        rows = {k: r for k, r in rows.items() if r.backend != "ort"}
         for r in rows.values():
-            r.pop("ort", None)
-            r.pop("speed", None)
+            r.ort = r.speed = None
     return rows
 
 
@@ -329,22 +344,64 @@ def _ort_settings(args: argparse.Namespace, group_size: int) -> Any:
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import numpy as np
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """What one ``python -m mbq_onnx.eval`` command evaluates, resolved from its arguments
+    (:func:`resolve_plan`) and run by :func:`execute`: every default filled in, every value checked."""
 
+    argv: tuple[str, ...]
+    model_dir: Path
+    artifact: Artifact | None
+    #: the named held-out texts, then the ``--text`` files' texts (name → path, name → contents)
+    named_texts: tuple[str, ...]
+    text_files: dict[str, Path]
+    file_texts: dict[str, str]
+    window: int
+    max_windows: int
+    max_tokens: int | None
+    quick: bool
+    baselines: tuple[str, ...]
+    baseline_specs: tuple[BaselineSpec, ...]
+    #: the report's group size (the artifact's, else the first ``--groups``)
+    group_size: int
+    act_order: bool
+    #: GPTQ calibration ``(samples, seqlen)``; ``None`` without GPTQ rows
+    gptq_calibration: tuple[int, int] | None
+    #: single-precision runs: the calibration config and ``(samples, seqlen)``; ``None`` without them
+    single_config: CalibConfig | None
+    single_calibration: tuple[int, int] | None
+    taus: tuple[float, ...]
+    uniform: bool
+    random: bool
+    ort: OrtSettings | None
+    output: Path
+    resume: bool
+    plot: bool
+    progress: bool
+    #: every model to evaluate, in report order (:data:`~mbq_onnx.eval.methods.METHODS` order)
+    variants: tuple[Variant, ...] = ()
+
+    @property
+    def texts(self) -> list[str]:
+        """Every text's name: the named texts, then the files."""
+        return [*self.named_texts, *self.text_files]
+
+    @property
+    def labels(self) -> list[str]:
+        return [v.label for v in self.variants]
+
+
+def resolve_plan(args: argparse.Namespace) -> Plan:
+    """The :class:`Plan` of parsed command-line arguments: validates them (a :class:`UsageError` naming the
+    bad argument), fills in the defaults (the artifact's, ``--quick``'s), reads the ``--text`` files and the
+    artifact, and lists the models to evaluate. Loads no model or tokenizer and writes nothing."""
     from mbq_onnx import assets
     from mbq_onnx.baselines import BaselineSpec
-    from mbq_onnx.baselines.single import artifact_calib_settings
-    from mbq_onnx.calibrate.config import CalibConfig
     from mbq_onnx.model.artifact import load_artifact
 
-    from . import variants as V
-    from .report import BITS_KEY, bits_of, check_report, new_report, ppl_cell, write_report
-
     files = list(args.text)
-    texts = _texts(args.texts, files)
-    file_names = text_file_names(files, texts)
+    named = _texts(args.texts, files)
+    file_names = text_file_names(files, named)
     file_texts = {name: read_text_file(f) for name, f in zip(file_names, files, strict=True)}
     baselines = _baselines(args.baselines or ("rtn,gptq,single" if args.artifact is not None else "rtn,gptq"))
     window = args.window or (QUICK["window"] if args.quick else 2048)
@@ -372,7 +429,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bits = _int_list(args.bits, "--bits") if args.bits else (list(spec.cum_bits) if spec else [4, 6, 8])
     groups = _int_list(args.groups, "--groups") if args.groups else [spec.group_size if spec else 128]
     try:
-        baseline_specs = [BaselineSpec(b, g) for g in groups for b in bits]
+        baseline_specs = tuple(BaselineSpec(b, g) for g in groups for b in bits)
     except ValueError as e:
         raise UsageError(f"--bits/--groups: {e}") from None
     if args.taus is None:
@@ -387,105 +444,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if src and Path(src).is_dir():
             model_path = Path(src)
     model_dir = assets.resolve_model(model_path)
-    progress = not args.no_progress
-    ort_settings = None if args.no_ort else _ort_settings(args, spec.group_size if spec else 32)
+    ort = None if args.no_ort else _ort_settings(args, spec.group_size if spec else 32)
+    gptq, single_config, single = _calibration_sizes(args, artifact, baselines)
 
-    import torch
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = {name: assets.heldout_ids(tokenizer, name).numpy() for name in texts}
-    needed = tokens_needed(window, max_tokens)
-    for (name, text), path in zip(file_texts.items(), files, strict=True):
-        tok = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
-        if tok.size < needed:
-            raise ValueError(
-                f"--text {path}: {tok.size} tokens, need at least {needed} (one window of --window {window}"
-                + (
-                    f", or --max-tokens {max_tokens}"
-                    if max_tokens is not None and max_tokens < window
-                    else ""
-                )
-                + ")"
-            )
-        ids[name] = tok
-    named_texts, texts = texts, [*texts, *file_names]
-    setup = V.EvalSetup(
-        texts=ids, window=window, max_windows=args.max_windows, max_tokens=max_tokens, progress=progress
+    plan = Plan(
+        argv=tuple(getattr(args, "argv", None) or ()),
+        model_dir=model_dir,
+        artifact=artifact,
+        named_texts=tuple(named),
+        text_files=dict(zip(file_names, files, strict=True)),
+        file_texts=file_texts,
+        window=window,
+        max_windows=args.max_windows,
+        max_tokens=max_tokens,
+        quick=args.quick,
+        baselines=tuple(baselines),
+        baseline_specs=baseline_specs,
+        group_size=spec.group_size if spec else groups[0],
+        act_order=args.act_order,
+        gptq_calibration=gptq,
+        single_config=single_config,
+        single_calibration=single,
+        taus=tuple(taus),
+        uniform=not args.no_uniform,
+        random=not args.no_random,
+        ort=ort,
+        output=args.output,
+        resume=args.resume,
+        plot=not args.no_plot,
+        progress=not args.no_progress,
     )
+    # each model once (a repeated --bits or --taus value names the same row)
+    variants = dict.fromkeys(v for m in METHODS for v in m.variants(plan))
+    return dataclasses.replace(plan, variants=tuple(variants))
 
-    def load():
-        return assets.load_model(model_dir)[0]
 
-    settings = {
-        "model": _shown(model_dir),
-        "model_name": model_dir.name,
-        "artifact": _shown(args.artifact) if artifact else None,
-        "slice_bits": list(spec.slice_bits) if spec else None,
-        "group_size": spec.group_size if spec else groups[0],
-        "window": window,
-        "max_windows": args.max_windows,
-        "max_tokens": max_tokens,
-        "quick": args.quick,
-        "text_files": {
-            name: {"file": _shown(f), "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]}
-            for name, f in zip(file_names, files, strict=True)
-        },
-        "bos": False,
-        BITS_KEY: "per weight of the decoder linears, weighted by weights read per token",
-        "random_routing_seed": V.RANDOM_ROUTING_SEED,
-        "command": "python -m mbq_onnx.eval " + " ".join(getattr(args, "argv", [])),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if ort_settings is not None:
-        settings["ort"] = ort_settings.as_dict()
-    report = new_report(settings, texts)
-    previous = _previous_rows(args.output, settings, texts) if args.resume else {}
-    started = time.time()
+def _calibration_sizes(
+    args: argparse.Namespace, artifact: Artifact | None, baselines: list[str]
+) -> tuple[tuple[int, int] | None, CalibConfig | None, tuple[int, int] | None]:
+    """GPTQ's ``(samples, seqlen)``; the single-precision runs' config and ``(samples, seqlen)`` — the
+    artifact's calibration data by default (``--quick``: a few short samples)."""
+    from mbq_onnx.baselines.single import artifact_calib_settings
 
-    def add(row: dict[str, Any]) -> None:
-        row["seconds"] = round(time.time() - started, 1)
-        labels = [r["label"] for r in report["rows"]]
-        if row["label"] in labels:  # ORT numbers attached to an existing row: keep its place
-            report["rows"][labels.index(row["label"])] = row
-        else:
-            report["rows"].append(row)
-        write_report(report, args.output, plot=False)
-        short = ", ".join(f"{t}: {ppl_cell(r)} @ {bits_of(r):.2f} bits" for t, r in row["results"].items())
-        if "ort" in row and "agreement" in row["ort"]:
-            short += f"; ORT gap {max(row['ort']['agreement'].values()):.1e}"
-        for t, sp in (row.get("speed") or {}).items():
-            short += f"; {t}T decode {sp['decode_tok_s']:.1f} tok/s prefill {sp['prefill_tok_s']:.0f} tok/s"
-        print(f"{row['label']}: {short}", file=sys.stderr)
-
-    report["rows"].extend(previous.values())
-
-    def maybe(name: str, evaluate: Callable[[], dict[str, Any]]) -> None:
-        if name in previous:
-            print(f"{name}: reused from {args.output / 'quality.json'}", file=sys.stderr)
-        else:
-            add(evaluate())
-
-    maybe(V.label("float"), lambda: V.eval_float(setup, load))
-    if "rtn" in baselines:
-        for bs in baseline_specs:
-            maybe(
-                V.label("rtn", bits=bs.bits, group_size=bs.group_size),
-                lambda bs=bs: V.eval_rtn(setup, load, bs),
-            )
     calib_cfg, calib_sizes = artifact_calib_settings(artifact.path) if artifact is not None else (None, None)
+    gptq = single = None
+    cfg = None
     if "gptq" in baselines:
         n_s, seqlen = calib_sizes or DEFAULT_GPTQ_SAMPLES
         if args.quick:
             n_s, seqlen = QUICK["calib_samples"], QUICK["calib_seqlen"]
-        n_s, seqlen = args.gptq_samples or n_s, args.gptq_seqlen or seqlen
-        samples = assets.calibration_samples(tokenizer, n_s, seqlen, seed=0)
-        for bs in baseline_specs:
-            maybe(
-                V.label("gptq", bits=bs.bits, group_size=bs.group_size, act_order=args.act_order),
-                lambda bs=bs: V.eval_gptq(setup, load, bs, samples, act_order=args.act_order),
-            )
+        gptq = (args.gptq_samples or n_s, args.gptq_seqlen or seqlen)
     if "single" in baselines:
+        from mbq_onnx.calibrate.config import CalibConfig
+
         cfg = calib_cfg or CalibConfig()
         if args.quick:
             cfg = cfg.with_overrides(
@@ -495,96 +506,248 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 epochs=1,
                 batch_size=QUICK["calib_samples"],
             )
-        n_s, seqlen = (cfg.samples, cfg.seqlen) if args.quick or calib_sizes is None else calib_sizes
-        samples = assets.calibration_samples(tokenizer, n_s, seqlen, seed=cfg.seed)
-        for k in range(1, spec.num_slices + 1):
-            maybe(
-                V.label("single", bits=spec.bits_at(k)),
-                lambda k=k: V.eval_single(setup, load, spec, k, samples, cfg),
+        single = (cfg.samples, cfg.seqlen) if args.quick or calib_sizes is None else calib_sizes
+    return gptq, cfg, single
+
+
+def _token_ids(plan: Plan, tokenizer: Any) -> dict[str, np.ndarray]:
+    """Token ids of every text; a ``--text`` file shorter than one window is an error naming it."""
+    import numpy as np
+
+    from mbq_onnx import assets
+
+    ids = {name: assets.heldout_ids(tokenizer, name).numpy() for name in plan.named_texts}
+    needed = tokens_needed(plan.window, plan.max_tokens)
+    for name, text in plan.file_texts.items():
+        tok = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        if tok.size < needed:
+            short_cap = plan.max_tokens is not None and plan.max_tokens < plan.window
+            raise ValueError(
+                f"--text {plan.text_files[name]}: {tok.size} tokens, need at least {needed} (one window of "
+                f"--window {plan.window}"
+                + (f", or --max-tokens {plan.max_tokens}" if short_cap else "")
+                + ")"
             )
-    if artifact is not None:
-        mbq = V.load_mobiquant(artifact)
-        # τ rows route as the ORT export will: the lean graph decides once per fused group (max)
+        ids[name] = tok
+    return ids
+
+
+def _report_settings(plan: Plan) -> dict[str, Any]:
+    """The report's ``settings`` (``--resume`` compares some of them)."""
+    import torch
+
+    from .report import BITS_KEY
+    from .variants import RANDOM_ROUTING_SEED
+
+    spec = plan.artifact.spec if plan.artifact is not None else None
+    settings = {
+        "model": _shown(plan.model_dir),
+        "model_name": plan.model_dir.name,
+        "artifact": _shown(plan.artifact.path) if plan.artifact is not None else None,
+        "slice_bits": list(spec.slice_bits) if spec else None,
+        "group_size": plan.group_size,
+        "window": plan.window,
+        "max_windows": plan.max_windows,
+        "max_tokens": plan.max_tokens,
+        "quick": plan.quick,
+        "text_files": {
+            name: {"file": _shown(f), "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]}
+            for name, f in plan.text_files.items()
+        },
+        "bos": False,
+        BITS_KEY: "per weight of the decoder linears, weighted by weights read per token",
+        "random_routing_seed": RANDOM_ROUTING_SEED,
+        "command": "python -m mbq_onnx.eval " + " ".join(plan.argv),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if plan.ort is not None:
+        settings["ort"] = plan.ort.as_dict()
+    return settings
+
+
+class Execution:
+    """A plan being run: the report so far, and the inputs the methods share (each made on first use) —
+    the :class:`~mbq_onnx.eval.methods.Context` of :attr:`Method.evaluate <mbq_onnx.eval.methods.Method>`."""
+
+    def __init__(self, plan: Plan, tokenizer: Any, ids: dict[str, np.ndarray], ort: OrtSettings | None):
+        from .report import new_report
+        from .variants import EvalSetup
+
+        self.plan, self.tokenizer, self.ort = plan, tokenizer, ort
+        self.setup: EvalSetup = EvalSetup(
+            texts=ids,
+            window=plan.window,
+            max_windows=plan.max_windows,
+            max_tokens=plan.max_tokens,
+            progress=plan.progress,
+        )
+        settings = _report_settings(plan)
+        self.report = new_report(settings, plan.texts)
+        self.previous = _previous_rows(plan.output, settings, plan.texts) if plan.resume else {}
+        self.rows: list[ReportRow] = list(self.previous.values())
+        self.started = time.time()
+        self._ort_models: dict[str, OrtModel | None] = {}
+
+    # ------------------------------------------------------------------------ what methods evaluate with
+    @property
+    def artifact(self) -> Artifact:
+        if self.plan.artifact is None:
+            raise RuntimeError("this method needs --artifact")
+        return self.plan.artifact
+
+    def load(self) -> nn.Module:
+        from mbq_onnx import assets
+
+        return assets.load_model(self.plan.model_dir)[0]
+
+    @cached_property
+    def gptq_samples(self) -> torch.Tensor:
+        from mbq_onnx import assets
+
+        n_s, seqlen = self.plan.gptq_calibration or DEFAULT_GPTQ_SAMPLES
+        return assets.calibration_samples(self.tokenizer, n_s, seqlen, seed=0)
+
+    @cached_property
+    def single_calibration(self) -> tuple[CalibConfig, torch.Tensor]:
+        from mbq_onnx import assets
+
+        cfg, (n_s, seqlen) = self.plan.single_config, self.plan.single_calibration
+        return cfg, assets.calibration_samples(self.tokenizer, n_s, seqlen, seed=cfg.seed)
+
+    @cached_property
+    def mbq(self) -> tuple[nn.Module, RoutingContext]:
+        from .variants import load_mobiquant
+
+        return load_mobiquant(self.artifact)
+
+    @cached_property
+    def combine_max(self) -> bool:
+        """τ rows route as the ORT export will: the lean graph decides once per fused group (max)."""
         from mbq_onnx.export.lean import lean_unsupported
 
-        combine_max = lean_unsupported(mbq[0].config) is None
-        if not args.no_uniform:
-            for k in range(1, spec.num_slices + 1):
-                maybe(
-                    V.label("mbq-uniform", bits=spec.bits_at(k), slices=k),
-                    lambda k=k: V.eval_mbq_uniform(setup, artifact, k, model=mbq),
-                )
-        for tau in taus:
-            maybe(
-                V.label("mbq-tau", tau=tau),
-                lambda tau=tau: V.eval_mbq_tau(setup, artifact, tau, model=mbq, combine_max=combine_max),
+        return lean_unsupported(self.mbq[0].config) is None
+
+    def row(self, label: str) -> ReportRow:
+        try:
+            return next(r for r in self.rows if r.label == label)
+        except StopIteration:
+            raise KeyError(f"no row {label!r} in the report") from None
+
+    @cached_property
+    def _export_dirs(self) -> dict[str, Path]:
+        from .ort_rows import prepare_exports
+
+        print("ORT: preparing exports", file=sys.stderr)
+        artifact = self.plan.artifact.path if self.plan.artifact is not None else None
+        return prepare_exports(self.plan.model_dir, artifact, self.ort)
+
+    def ort_model(self, export: str) -> OrtModel | None:
+        if export not in self._ort_models:
+            from .ort_rows import OrtModel
+
+            directory, weights = self._export_dirs.get(export), None
+            if export == "mixed-bit" and directory is not None and self.artifact.granularity != "none":
+                from .variants import routed_weights
+
+                weights = routed_weights(*self.mbq, self.artifact.spec)
+            self._ort_models[export] = OrtModel(directory, weights) if directory is not None else None
+        return self._ort_models[export]
+
+    # ---------------------------------------------------------------------------------------- running
+    def run(self) -> dict[str, Any]:
+        """Every variant of the plan (PyTorch ones, then — with ORT — the ORT runs of their rows and the
+        ORT-only ones); the report rewritten after each row, plotted at the end."""
+        from .report import check_report
+
+        variants = self.plan.variants
+        for v in variants:
+            if method(v.method).backend == "torch":
+                self.evaluate(v)
+        if self.ort is not None:
+            self._export_dirs  # noqa: B018 (made once, before any ORT row)
+            self.attach_ort()
+            for v in variants:
+                if method(v.method).backend == "ort":
+                    self.evaluate(v)
+        self.report["settings"]["seconds"] = round(time.time() - self.started, 1)
+        paths = self.write(plot=self.plan.plot)
+        problems = check_report(self.report)
+        if problems:
+            print("report problems:\n  " + "\n  ".join(problems), file=sys.stderr)
+        print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+        return self.report
+
+    def evaluate(self, v: Variant) -> None:
+        """One variant's row, unless ``--resume`` found it."""
+        if v.label in self.previous:
+            print(f"{v.label}: reused from {self.plan.output / 'quality.json'}", file=sys.stderr)
+        else:
+            self.add(method(v.method).evaluate(self, v))
+
+    def attach_ort(self) -> None:
+        """ORT perplexity, agreement and speed for every row whose method runs in ORT and that lacks them."""
+        from .ort_rows import add_ort
+
+        for row in list(self.rows):
+            ort_run = method(row.method).ort if row.method in METHOD_KEYS else None
+            if row.ort is not None or ort_run is None:
+                continue
+            model = self.ort_model(ort_run.export)
+            if model is not None:
+                self.add(add_ort(row, self.setup, model, self.ort, **ort_run.inputs(row)))
+
+    def add(self, row: ReportRow) -> None:
+        """Put ``row`` in the report (replacing the row of its label: ORT numbers attached to an existing
+        row keep its place), rewrite the report and print a line about it."""
+        from .report import ppl_cell
+
+        row.seconds = round(time.time() - self.started, 1)
+        labels = [r.label for r in self.rows]
+        if row.label in labels:
+            self.rows[labels.index(row.label)] = row
+        else:
+            self.rows.append(row)
+        self.write(plot=False)
+        short = ", ".join(f"{t}: {ppl_cell(r)} @ {r.bits:.2f} bits" for t, r in row.results.items())
+        if row.ort is not None and row.ort.agreement:
+            short += f"; ORT gap {max(row.ort.agreement.values()):.1e}"
+        for t, sp in (row.speed or {}).items():
+            short += f"; {t}T decode {sp['decode_tok_s']:.1f} tok/s prefill {sp['prefill_tok_s']:.0f} tok/s"
+        print(f"{row.label}: {short}", file=sys.stderr)
+
+    def write(self, plot: bool) -> dict[str, Path]:
+        from .report import write_report
+
+        self.report["rows"] = [r.to_dict() for r in self.rows]
+        return write_report(self.report, self.plan.output, plot=plot)
+
+
+def execute(plan: Plan) -> dict[str, Any]:
+    """Run a :class:`Plan`: tokenize the texts, evaluate every variant (reusing ``--resume`` rows), write
+    ``quality.{json,md,png}`` (+ ``pareto.png``) into ``plan.output``. Returns the report."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    from .ort_rows import speed_tokens_needed
+
+    tokenizer = AutoTokenizer.from_pretrained(plan.model_dir)
+    ids = _token_ids(plan, tokenizer)
+    ort = plan.ort
+    if ort is not None:
+        speed_ids = ids[(plan.named_texts or plan.texts)[0]]  # a long named text when there is one
+        if ort.speed and speed_ids.size < speed_tokens_needed(ort):
+            raise UsageError(
+                f"the speed runs need {speed_tokens_needed(ort)} held-out tokens, the text has "
+                f"{speed_ids.size}: lower --prompt-tokens/--decode-tokens"
             )
-        if not args.no_random:
-            tau_rows = {r["label"]: r for r in report["rows"] if r["method"] == "mbq-tau"}
-            for tau in taus:
-                tau_row = tau_rows[V.label("mbq-tau", tau=tau)]
-                maybe(
-                    V.label("mbq-random", tau=tau),
-                    lambda tau_row=tau_row: V.eval_mbq_random(setup, artifact, tau_row, model=mbq),
-                )
-    if ort_settings is not None:
-        mbq_model = mbq if artifact is not None else None
-        speed_text = (named_texts or texts)[0]  # a long named text when there is one
-        _ort_stage(report, setup, ort_settings, model_dir, artifact, mbq_model, ids[speed_text], add, maybe)
-    report["settings"]["seconds"] = round(time.time() - started, 1)
-    paths = write_report(report, args.output, plot=not args.no_plot)
-    problems = check_report(report)
-    if problems:
-        print("report problems:\n  " + "\n  ".join(problems), file=sys.stderr)
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-    return report
+        ort = dataclasses.replace(ort, speed_ids=speed_ids)
+    return Execution(plan, tokenizer, ids, ort).run()
 
 
-def _ort_stage(
-    report: dict[str, Any],
-    setup: Any,
-    ort_settings: Any,
-    model_dir: Path,
-    artifact: Any,
-    mbq: Any,
-    speed_ids: Any,
-    add: Callable[[dict[str, Any]], None],
-    maybe: Callable[[str, Callable[[], dict[str, Any]]], None],
-) -> None:
-    """Attach ORT perplexity, agreement and speed to the float and MoBiQuant rows that lack them, and add the
-    MatMulNBits rows. ``mbq``: the artifact's PyTorch ``(model, ctx)`` (for the routed-weights order)."""
-    from . import variants as V
-    from .ort_rows import OrtModel, add_ort, eval_matmul_nbits, prepare_exports, speed_tokens_needed
-
-    if ort_settings.speed and speed_ids.size < speed_tokens_needed(ort_settings):
-        raise UsageError(
-            f"the speed runs need {speed_tokens_needed(ort_settings)} held-out tokens, the text has "
-            f"{speed_ids.size}: lower --prompt-tokens/--decode-tokens"
-        )
-    ort_settings.speed_ids = speed_ids
-    print("ORT: preparing exports", file=sys.stderr)
-    dirs = prepare_exports(model_dir, artifact.path if artifact is not None else None, ort_settings)
-    mixed = None
-    if artifact is not None:
-        weights = V.routed_weights(*mbq, artifact.spec) if artifact.granularity != "none" else None
-        mixed = OrtModel(dirs["mixed-bit"], weights)
-    float_model = OrtModel(dirs["float32"])
-    for row in list(report["rows"]):
-        if "ort" in row:
-            continue
-        if row["method"] == "float":
-            add(add_ort(row, setup, float_model, ort_settings))
-        elif row["method"] == "mbq-uniform" and mixed is not None:
-            add(add_ort(row, setup, mixed, ort_settings, force=row["slices"]))
-        elif row["method"] == "mbq-tau" and mixed is not None:
-            add(add_ort(row, setup, mixed, ort_settings, tau=row["tau"]))
-    for bits in ort_settings.nbits:
-        maybe(
-            V.label("matmul-nbits", bits=bits, group_size=ort_settings.nbits_block),
-            lambda bits=bits: eval_matmul_nbits(
-                setup, OrtModel(dirs[f"int{bits}"]), bits, ort_settings.nbits_block, ort_settings
-            ),
-        )
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """``execute(resolve_plan(args))``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return execute(resolve_plan(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from .methods import label
 from .perplexity import LogitsFn
+from .rows import OrtPart, ReportRow, TextResult
 from .speed import (
     DEFAULT_DECODE_TOKENS,
     DEFAULT_PROMPT_TOKENS,
@@ -25,7 +27,7 @@ from .speed import (
     measure_speed,
     tokens_needed,
 )
-from .variants import EvalSetup, _row, label
+from .variants import EvalSetup, _row
 
 FINGERPRINT_FILE = "eval_source.json"
 EXPORT_CODE = ("export", "model", "quant")
@@ -196,7 +198,7 @@ def ort_logits_fn(
 
 def ort_results(
     setup: EvalSetup, model: OrtModel, name: str, bits: float, threads: int, tau: float = 0.0, force: int = 0
-) -> dict[str, dict[str, float]]:
+) -> dict[str, TextResult]:
     """Perplexity on every text through ORT; average bits from the routed counts when routing decides."""
     session = model.session(threads)
     routed = session.mixed_bit and force == 0
@@ -207,9 +209,9 @@ def ort_results(
     )
 
 
-def agreement(torch_results: dict[str, dict], ort: dict[str, dict]) -> dict[str, float]:
+def agreement(torch_results: dict[str, TextResult], ort: dict[str, TextResult]) -> dict[str, float]:
     """Relative perplexity gap ``|ppl_ort / ppl_torch - 1|`` per text."""
-    return {t: abs(ort[t]["ppl"] / r["ppl"] - 1.0) for t, r in torch_results.items() if t in ort}
+    return {t: abs(ort[t].ppl / r.ppl - 1.0) for t, r in torch_results.items() if t in ort}
 
 
 def speeds(
@@ -241,31 +243,31 @@ def speed_tokens_needed(settings: OrtSettings) -> int:
 
 
 def add_ort(
-    row: dict[str, Any],
+    row: ReportRow,
     setup: EvalSetup,
     model: OrtModel,
     settings: OrtSettings,
     tau: float = 0.0,
     force: int = 0,
-) -> dict[str, Any]:
+) -> ReportRow:
     """Attach ``ort`` (model dir, results, agreement with the row's PyTorch results) and ``speed`` to a
-    PyTorch-evaluated row."""
+    PyTorch-evaluated row (in place)."""
     threads = max(settings.threads)
-    bits = row["bits"] if row["bits"] is not None else 32.0
-    ort = ort_results(setup, model, row["label"], bits, threads, tau, force)
-    row["ort"] = {
-        "model_dir": model.model_dir.name,
-        "results": ort,
-        "agreement": agreement(row["results"], ort),
-        "file_bytes": model.file_bytes(),
-    }
-    row["speed"] = speeds(model, settings, tau, force)
+    bits = row.bits if row.bits is not None else 32.0
+    ort = ort_results(setup, model, row.label, bits, threads, tau, force)
+    row.ort = OrtPart(
+        model.model_dir.name,
+        results=ort,
+        agreement=agreement(row.results, ort),
+        file_bytes=model.file_bytes(),
+    )
+    row.speed = speeds(model, settings, tau, force)
     return row
 
 
 def eval_matmul_nbits(
     setup: EvalSetup, model: OrtModel, bits: int, block_size: int, settings: OrtSettings
-) -> dict[str, Any]:
+) -> ReportRow:
     """An ORT-only baseline row: ORT's MatMulNBits quantizer (int8 activations, ``accuracy_level=4``)."""
     name = label("matmul-nbits", bits=bits, group_size=block_size)
     results = ort_results(setup, model, name, bits, max(settings.threads))
@@ -278,6 +280,6 @@ def eval_matmul_nbits(
         results=results,
         backend="ort",
     )
-    row["ort"] = {"model_dir": model.model_dir.name, "file_bytes": row["model_bytes"]}
-    row["speed"] = speeds(model, settings)
+    row.ort = OrtPart(model.model_dir.name, file_bytes=row.model_bytes)
+    row.speed = speeds(model, settings)
     return row

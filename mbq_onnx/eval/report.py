@@ -2,9 +2,10 @@
 + ``pareto.png`` (perplexity vs ORT decode tok/s, when speeds were measured).
 
 A report is a dict ``{"format": "mbq-quality", "settings": {...}, "texts": [...], "rows": [row, ...]}``;
-each row is one evaluated model::
+each row is one evaluated model (:class:`~mbq_onnx.eval.rows.ReportRow`, its ``to_dict``)::
 
-    {"method": "float"|"rtn"|"gptq"|"single"|"mbq-uniform"|"mbq-tau"|"mbq-random"|"matmul-nbits",
+    {"method": a key of mbq_onnx.eval.methods.METHODS ("float", "rtn", "gptq", "single", "mbq-uniform",
+               "mbq-tau", "mbq-random", "matmul-nbits"),
      "label": str, "bits": nominal bits or None (τ and random-routing rows), "group_size": int|None,
      "slices": int|None, "tau": float|None, "model_bytes": int,
      "results": {text: {"ppl", "ci95": [lo, hi], "avg_bits_per_weight", "nll", "tokens", "windows",
@@ -37,14 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import replace_file, write_file
+from .methods import METHOD_KEYS, REFERENCE, method, table_index
 from .perplexity import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CI_LEVEL, bootstrap_ratio
+from .rows import BITS_KEY, OLD_BITS_KEY, ReportRow, TextResult
 
 REPORT_FORMAT = "mbq-quality"
-METHODS = ("float", "rtn", "gptq", "single", "mbq-uniform", "mbq-tau", "mbq-random", "matmul-nbits")
+#: The known methods, in table order (:data:`mbq_onnx.eval.methods.METHODS`).
+METHODS = METHOD_KEYS
 FLOAT_BITS = 32.0
-#: Key of a result's average bits per decoder-linear weight read; ``avg_bits`` in older reports.
-BITS_KEY = "avg_bits_per_weight"
-OLD_BITS_KEY = "avg_bits"
 BOOTSTRAP = {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": CI_LEVEL, "over": "windows"}
 
 
@@ -63,15 +64,13 @@ def upgrade_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _paired(res: dict[str, Any], ref: dict[str, Any] | None) -> dict[str, Any] | None:
+def _paired(res: TextResult, ref: TextResult | None) -> dict[str, Any] | None:
     """``{"ratio", "ci95"}`` of ``res`` over ``ref`` when both kept the same windows, else None."""
-    if ref is None or res is ref or not res.get("window_nll") or not ref.get("window_nll"):
+    if ref is None or res is ref or not res.window_nll or not ref.window_nll:
         return None
-    if res.get("window_tokens") != ref.get("window_tokens"):
+    if res.window_tokens != ref.window_tokens:
         return None
-    ratio, lo, hi = bootstrap_ratio(
-        res["window_nll"], res["window_tokens"], ref["window_nll"], ref["window_tokens"]
-    )
+    ratio, lo, hi = bootstrap_ratio(res.window_nll, res.window_tokens, ref.window_nll, ref.window_tokens)
     return {"ratio": ratio, "ci95": [lo, hi]}
 
 
@@ -84,66 +83,72 @@ def _interpolate(bits: float, uniform: list[tuple[float, float]]) -> tuple[float
     return None
 
 
+def report_rows(report: dict[str, Any]) -> list[ReportRow]:
+    """The report's rows as :class:`ReportRow` (dict rows are read, typed ones taken as they are)."""
+    return [ReportRow.coerce(r) for r in report.get("rows") or []]
+
+
 def annotate_report(report: dict[str, Any]) -> dict[str, Any]:
     """Fill the derived comparisons of every row (in place; idempotent): paired ratios vs float32 on the
     same windows (PyTorch results vs the float row's, ORT results vs its ORT results), and for τ rows the
     alternating-precision interpolation between the bracketing uniform slice counts of the same artifact,
-    the random-routing row at the same bits, and whether the τ point is below both."""
+    the random-routing row at the same bits, and whether the τ point is below both. The rows are stored
+    back as JSON dicts (old ``avg_bits`` results renamed), so the report is plain JSON data afterwards."""
     report.setdefault("settings", {})["bootstrap"] = dict(BOOTSTRAP)
-    rows = report.get("rows") or []
-    for row in rows:
-        upgrade_row(row)
-    float_row = next((r for r in rows if r.get("method") == "float"), None) or {}
-    float_torch = float_row.get("results") or {}
-    float_ort = (float_row.get("ort") or {}).get("results") or {}
+    rows = [r.upgrade() for r in report_rows(report)]
+    annotate_rows(rows)
+    if isinstance(report.get("rows"), list):
+        report["rows"][:] = [r.to_dict() for r in rows]
+    return report
+
+
+def annotate_rows(rows: list[ReportRow]) -> list[ReportRow]:
+    """:func:`annotate_report` on typed rows (in place)."""
+    float_row = next((r for r in rows if r.method == REFERENCE), None)
+    float_torch = (float_row.results if float_row else None) or {}
+    float_ort = (float_row.ort.results if float_row and float_row.ort else None) or {}
     for row in rows:
         if row is float_row:
             continue
         # ORT-only rows compare with the float row's ORT scores when there are any
-        refs = {**float_torch, **float_ort} if row.get("backend") == "ort" else float_torch
+        refs = {**float_torch, **float_ort} if row.backend == "ort" else float_torch
         for results, ref in (
-            (row.get("results") or {}, refs),
-            ((row.get("ort") or {}).get("results") or {}, float_ort),
+            (row.results or {}, refs),
+            ((row.ort.results if row.ort else None) or {}, float_ort),
         ):
             for text, res in results.items():
-                res.pop("vs_float", None)
-                if (paired := _paired(res, ref.get(text))) is not None:
-                    res["vs_float"] = paired
+                res.vs_float = _paired(res, ref.get(text))
     for row in rows:
-        if row.get("method") != "mbq-tau":
+        if row.method != "mbq-tau":
             continue
-        uniform = [
-            r for r in rows if r.get("method") == "mbq-uniform" and r.get("artifact") == row.get("artifact")
-        ]
-        random_row = next(
-            (
-                r
-                for r in rows
-                if r.get("method") == "mbq-random"
-                and r.get("artifact") == row.get("artifact")
-                and r.get("tau") == row.get("tau")
-            ),
-            None,
-        )
-        for text, res in row.get("results", {}).items():
-            for key in ("interpolated_ppl", "interpolated_between", "random_ppl", "vs_random", "below_both"):
-                res.pop(key, None)
-            pts = [
-                (bits_of(r["results"][text]), r["results"][text]["ppl"])
-                for r in uniform
-                if text in r["results"]
-            ]
-            interp = _interpolate(bits_of(res), pts) if bits_of(res) is not None else None
+        uniform = [r for r in rows if r.method == "mbq-uniform" and r.artifact == row.artifact]
+        random_row = _random_row(rows, row)
+        for text, res in (row.results or {}).items():
+            for key in TextResult.ANNOTATIONS:
+                setattr(res, key, None)
+            pts = [(r.results[text].bits, r.results[text].ppl) for r in uniform if text in r.results]
+            interp = _interpolate(res.bits, pts) if res.bits is not None else None
             if interp is not None:
-                res["interpolated_ppl"], res["interpolated_between"] = interp[0], [interp[1], interp[2]]
-            rnd = (random_row or {}).get("results", {}).get(text)
+                res.interpolated_ppl, res.interpolated_between = interp[0], [interp[1], interp[2]]
+            rnd = (random_row.results or {}).get(text) if random_row is not None else None
             if rnd is not None:
-                res["random_ppl"] = rnd["ppl"]
-                if (paired := _paired(res, rnd)) is not None:
-                    res["vs_random"] = paired
+                res.random_ppl = rnd.ppl
+                res.vs_random = _paired(res, rnd)
             if interp is not None and rnd is not None:
-                res["below_both"] = bool(res["ppl"] < interp[0] and res["ppl"] < rnd["ppl"])
-    return report
+                res.below_both = bool(res.ppl < interp[0] and res.ppl < rnd.ppl)
+    return rows
+
+
+def _random_row(rows: list[ReportRow], tau_row: ReportRow) -> ReportRow | None:
+    """The random-routing row of a τ row (same artifact, same τ)."""
+    return next(
+        (
+            r
+            for r in rows
+            if r.method == "mbq-random" and r.artifact == tau_row.artifact and r.tau == tau_row.tau
+        ),
+        None,
+    )
 
 
 def new_report(settings: dict[str, Any], texts: list[str]) -> dict[str, Any]:
@@ -233,8 +238,8 @@ def _check_ort(row: dict[str, Any], texts: list[str], ort_settings: dict[str, An
     return problems
 
 
-def _speed_cell(row: dict[str, Any], threads: list[str], key: str) -> str:
-    sp = row.get("speed") or {}
+def _speed_cell(row: ReportRow, threads: list[str], key: str) -> str:
+    sp = row.speed or {}
     vals = [sp[t][key] for t in threads if t in sp]
     return " / ".join(f"{v:.1f}" if v < 100 else f"{v:.0f}" for v in vals) if vals else "–"
 
@@ -244,51 +249,45 @@ def speed_threads(report: dict[str, Any]) -> list[str]:
     return sorted({t for r in report["rows"] for t in (r.get("speed") or {})}, key=int)
 
 
-def _table_order(row: dict[str, Any]) -> tuple:
-    """Table order: by method (float, baselines, MoBiQuant, ORT MatMulNBits), then group, bits, τ."""
-    method = row.get("method")
-    return (
-        METHODS.index(method) if method in METHODS else len(METHODS),
-        row.get("group_size") or 0,
-        row.get("bits") or 0,
-        row.get("tau") or 0,
-    )
+def _table_order(row: ReportRow) -> tuple:
+    """Table order: by method (the order of :data:`~mbq_onnx.eval.methods.METHODS`), then group, bits, τ."""
+    return (table_index(row.method), row.group_size or 0, row.bits or 0, row.tau or 0)
 
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The report as a markdown table: one line per row, perplexity and average bits per text."""
     texts = report["texts"]
+    rows = report_rows(report)
     threads = speed_threads(report)
     t_head = " / ".join(f"{t}T" for t in threads)
     speed_head = [f"decode tok/s ({t_head})", f"prefill tok/s ({t_head})"] if threads else []
     head = ["model", "avg bits", "model MB", *[f"ppl {t}" for t in texts], *speed_head]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    float_rows = [r for r in report["rows"] if r["method"] == "float"]
-    float_ppl = {t: r["ppl"] for t, r in (float_rows[0]["results"] if float_rows else {}).items()}
-    for row in sorted(report["rows"], key=_table_order):
-        bits = [bits_of(row["results"][t]) for t in texts if t in row["results"]]
+    float_rows = [r for r in rows if r.method == REFERENCE]
+    float_ppl = {t: r.ppl for t, r in (float_rows[0].results if float_rows else {}).items()}
+    for row in sorted(rows, key=_table_order):
+        bits = [row.results[t].bits for t in texts if t in row.results]
         bits_s = (
             " / ".join(f"{b:.2f}" for b in bits) if len({round(b, 2) for b in bits}) > 1 else f"{bits[0]:.2f}"
         )
         ppls = []
         for t in texts:
-            res = row["results"].get(t, {})
-            p = res.get("ppl")
-            if p is None:
+            res = row.results.get(t)
+            if res is None or res.ppl is None:
                 ppls.append("–")
                 continue
             cell = ppl_cell(res)
-            if row["method"] != "float" and "vs_float" in res:
-                cell += f" ({relative_cell(res['vs_float'])})"
-            elif row["method"] != "float" and t in float_ppl:
-                cell += f" ({100 * (p / float_ppl[t] - 1):+.1f} %)"
+            if row.method != REFERENCE and res.vs_float is not None:
+                cell += f" ({relative_cell(res.vs_float)})"
+            elif row.method != REFERENCE and t in float_ppl:
+                cell += f" ({100 * (res.ppl / float_ppl[t] - 1):+.1f} %)"
             ppls.append(cell)
         speed = [_speed_cell(row, threads, k) for k in ("decode_tok_s", "prefill_tok_s")] if threads else []
         lines.append(
-            "| " + " | ".join([row["label"], bits_s, f"{row['model_bytes'] / 1e6:.1f}", *ppls, *speed]) + " |"
+            "| " + " | ".join([row.label, bits_s, f"{row.model_bytes / 1e6:.1f}", *ppls, *speed]) + " |"
         )
-    first = report["rows"][0]["results"] if report["rows"] else {}
-    sizes = ", ".join(f"{t}: {r['windows']} × {r['window']} tokens" for t, r in first.items())
+    first = rows[0].results if rows else {}
+    sizes = ", ".join(f"{t}: {r.windows} × {r.window} tokens" for t, r in first.items())
     note = (
         f"\nHeld-out perplexity on the first non-overlapping windows of each text ({sizes}), no BOS, with "
         f"its {_ci_words(report)}; relative change vs float32 in parentheses, with its paired interval (the "
@@ -314,7 +313,7 @@ def _ci_words(report: dict[str, Any]) -> str:
     return f"{level:.0f} % bootstrap interval over windows ({n} resamples, seed {seed})"
 
 
-def ppl_cell(res: dict[str, Any]) -> str:
+def ppl_cell(res: TextResult | dict[str, Any]) -> str:
     """``"23.60 [23.41, 23.80]"`` (just the perplexity when the result has no interval)."""
     ci = res.get("ci95")
     return f"{res['ppl']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{res['ppl']:.2f}"
@@ -330,7 +329,8 @@ def routing_table(report: dict[str, Any]) -> str:
     """Markdown: each τ row against the two references at the same average bits — the alternating-precision
     line between the bracketing uniform slice counts and random per-token routing (empty without τ rows)."""
     texts = report["texts"]
-    rows = sorted((r for r in report["rows"] if r["method"] == "mbq-tau"), key=lambda r: r.get("tau") or 0)
+    all_rows = report_rows(report)
+    rows = sorted((r for r in all_rows if r.method == "mbq-tau"), key=lambda r: r.tau or 0)
     if not rows:
         return ""
     head = [
@@ -345,29 +345,20 @@ def routing_table(report: dict[str, Any]) -> str:
     ]
     lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
+        random_row = _random_row(all_rows, row)
         for t in texts:
-            res = row["results"].get(t)
+            res = row.results.get(t)
             if res is None:
                 continue
-            interp = f"{res['interpolated_ppl']:.2f}" if "interpolated_ppl" in res else "–"
+            interp = f"{res.interpolated_ppl:.2f}" if res.interpolated_ppl is not None else "–"
             rnd = "–"
-            random_row = next(
-                (
-                    r
-                    for r in report["rows"]
-                    if r["method"] == "mbq-random"
-                    and r.get("tau") == row.get("tau")
-                    and r.get("artifact") == row.get("artifact")
-                ),
-                None,
-            )
-            if random_row is not None and t in random_row["results"]:
-                rnd = ppl_cell(random_row["results"][t])
-            vs = relative_cell(res["vs_random"]) if "vs_random" in res else "–"
-            below = {True: "yes", False: "no"}.get(res.get("below_both"), "–")
+            if random_row is not None and t in random_row.results:
+                rnd = ppl_cell(random_row.results[t])
+            vs = relative_cell(res.vs_random) if res.vs_random is not None else "–"
+            below = {True: "yes", False: "no"}.get(res.below_both, "–")
             lines.append(
                 "| "
-                + " | ".join([row["label"], t, f"{bits_of(res):.2f}", ppl_cell(res), interp, rnd, vs, below])
+                + " | ".join([row.label, t, f"{res.bits:.2f}", ppl_cell(res), interp, rnd, vs, below])
                 + " |"
             )
     return (
@@ -382,49 +373,25 @@ def routing_table(report: dict[str, Any]) -> str:
 def agreement_table(report: dict[str, Any]) -> str:
     """Markdown: ORT perplexity next to PyTorch's for every row that ran in both (empty if none)."""
     texts = report["texts"]
-    rows = [r for r in report["rows"] if (r.get("ort") or {}).get("agreement")]
+    rows = [r for r in report_rows(report) if r.ort is not None and r.ort.agreement]
     if not rows:
         return ""
     tol = report["settings"].get("ort", {}).get("tolerance")
     head = ["model", *[f"{t}: PyTorch / ORT" for t in texts], "max relative gap"]
     lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [
-            f"{r['results'][t]['ppl']:.4f} / {r['ort']['results'][t]['ppl']:.4f}"
-            if t in r["ort"]["results"]
-            else "–"
-            for t in texts
-        ]
-        gap = max(r["ort"]["agreement"].values())
-        lines.append("| " + " | ".join([r["label"], *cells, f"{gap:.1e}"]) + " |")
+        ort = r.ort.results or {}
+        cells = [f"{r.results[t].ppl:.4f} / {ort[t].ppl:.4f}" if t in ort else "–" for t in texts]
+        gap = max(r.ort.agreement.values())
+        lines.append("| " + " | ".join([r.label, *cells, f"{gap:.1e}"]) + " |")
     tol_s = f" (tolerance {100 * tol:.2f} %)" if tol is not None else ""
     return "\n".join(lines) + f"\n\nORT vs PyTorch perplexity on the same windows{tol_s}.\n"
-
-
-STYLES = {
-    "rtn": ("o", "tab:gray"),
-    "gptq": ("s", "tab:orange"),
-    "single": ("^", "tab:green"),
-    "mbq-uniform": ("D", "tab:blue"),
-    "mbq-tau": (".", "tab:red"),
-    "mbq-random": ("x", "tab:brown"),
-    "matmul-nbits": ("v", "tab:purple"),
-}
-NAMES = {
-    "rtn": "RTN",
-    "gptq": "GPTQ",
-    "single": "same-method single precision",
-    "mbq-uniform": "MoBiQuant, uniform slices",
-    "mbq-tau": "MoBiQuant, τ sweep",
-    "mbq-random": "MoBiQuant, random routing at the τ bits",
-    "matmul-nbits": "ORT MatMulNBits",
-}
 
 
 def _plot_panels(
     report: dict[str, Any],
     path: Path,
-    x_of: Callable[[dict[str, Any], str], float | None],
+    x_of: Callable[[ReportRow, str], float | None],
     xlabel: str,
     float_as_line: bool,
 ) -> None:
@@ -439,43 +406,43 @@ def _plot_panels(
     fig, axes = plt.subplots(1, len(texts), figsize=(6.5 * len(texts), 4.8), squeeze=False)
     for ax, text in zip(axes[0], texts, strict=True):
         groups: dict[tuple, list[tuple[float, float, float, float]]] = defaultdict(list)
-        for row in report["rows"]:
-            res, x = row["results"].get(text), x_of(row, text)
+        for row in report_rows(report):
+            res, x = row.results.get(text), x_of(row, text)
             if res is None or x is None:
                 continue
-            lo, hi = res.get("ci95") or (res["ppl"], res["ppl"])
-            if row["method"] == "float":
+            lo, hi = res.ci95 or (res.ppl, res.ppl)
+            m = method(row.method)
+            if m.reference:
                 if float_as_line:
-                    ax.axhline(res["ppl"], color="black", ls="--", lw=1, label=f"float32 ({res['ppl']:.2f})")
+                    ax.axhline(res.ppl, color=m.style.color, ls="--", lw=1, label=f"{m.name} ({res.ppl:.2f})")
                     if hi > lo:
-                        ax.axhspan(lo, hi, color="black", alpha=0.08, lw=0)
+                        ax.axhspan(lo, hi, color=m.style.color, alpha=0.08, lw=0)
                 else:
                     ax.errorbar(
                         [x],
-                        [res["ppl"]],
-                        yerr=_yerr([res["ppl"]], [lo], [hi]),
-                        fmt="k*",
+                        [res.ppl],
+                        yerr=_yerr([res.ppl], [lo], [hi]),
+                        marker=m.style.marker,
+                        color=m.style.color,
+                        ls="none",
                         ms=10,
-                        label="float32",
+                        label=m.name,
                     )
                 continue
-            groups[(row["method"], row.get("group_size"))].append((x, res["ppl"], lo, hi))
-        for (method, gs), pts in sorted(
-            groups.items(), key=lambda kv: (METHODS.index(kv[0][0]), kv[0][1] or 0)
-        ):
+            groups[(row.method, row.group_size)].append((x, res.ppl, lo, hi))
+        for (key, gs), pts in sorted(groups.items(), key=lambda kv: (table_index(kv[0][0]), kv[0][1] or 0)):
             pts.sort()
-            marker, color = STYLES[method]
-            label = NAMES[method] + (f" g{gs}" if gs and method in ("rtn", "gptq", "matmul-nbits") else "")
-            connect = method in ("mbq-uniform", "mbq-tau")
+            m = method(key)
+            label = m.name + (f" g{gs}" if gs and m.legend_group_size else "")
             alpha = 0.55 if gs and gs != report["settings"].get("group_size") else 1.0
             xs, ys, los, his = (list(v) for v in zip(*pts, strict=True))
             ax.errorbar(
                 xs,
                 ys,
                 yerr=_yerr(ys, los, his),
-                marker=marker,
-                color=color,
-                ls="-" if connect else ":",
+                marker=m.style.marker,
+                color=m.style.color,
+                ls="-" if m.connect else ":",
                 alpha=alpha,
                 capsize=2,
                 label=label,
@@ -507,7 +474,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     _plot_panels(
         report,
         path,
-        lambda row, text: bits_of(row["results"][text]) if text in row["results"] else None,
+        lambda row, text: row.results[text].bits if text in row.results else None,
         "average bits per weight (decoder linears)",
         float_as_line=True,
     )
@@ -517,8 +484,8 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
     """Perplexity vs ORT decode tok/s at the largest measured thread count (the speed/quality Pareto plot)."""
     threads = speed_threads(report)[-1]
 
-    def x(row: dict[str, Any], _text: str) -> float | None:
-        sp = (row.get("speed") or {}).get(threads)
+    def x(row: ReportRow, _text: str) -> float | None:
+        sp = (row.speed or {}).get(threads)
         return sp["decode_tok_s"] if sp else None
 
     _plot_panels(report, path, x, f"decode tokens/s (ONNX Runtime, {threads} threads)", float_as_line=False)

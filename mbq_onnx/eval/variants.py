@@ -33,8 +33,10 @@ from mbq_onnx.model.linear import MixedBitLinear, decoder_layers, iter_mixed_bit
 from mbq_onnx.model.routing import RandomCounts, RoutingContext
 from mbq_onnx.quant.spec import QuantSpec
 
+from .methods import label
 from .perplexity import DEFAULT_MAX_WINDOWS, DEFAULT_WINDOW, LogitsFn, perplexity, torch_logits_fn
-from .report import BITS_KEY, FLOAT_BITS, bits_of
+from .report import FLOAT_BITS
+from .rows import ReportRow, TextResult
 
 if TYPE_CHECKING:
     from mbq_onnx.calibrate.config import CalibConfig
@@ -60,7 +62,7 @@ class EvalSetup:
         label: str,
         bits: Callable[[], float] | float,
         reset: Callable[[], None] | None = None,
-    ) -> dict[str, dict[str, float]]:
+    ) -> dict[str, TextResult]:
         """Perplexity of ``logits_fn`` on every text; ``bits`` is a number or read after each text."""
         results = {}
         for name, ids in self.texts.items():
@@ -75,7 +77,7 @@ class EvalSetup:
                 desc=f"{label} · {name}",
                 progress=self.progress,
             )
-            results[name] = {**res.to_dict(), BITS_KEY: float(bits() if callable(bits) else bits)}
+            results[name] = TextResult.of(res, bits() if callable(bits) else bits)
         return results
 
     def only(self, name: str) -> EvalSetup:
@@ -83,59 +85,22 @@ class EvalSetup:
         return replace(self, texts={name: self.texts[name]}, extra={})
 
 
-def label(
-    method: str,
-    *,
-    bits: int | None = None,
-    group_size: int | None = None,
-    slices: int | None = None,
-    tau: float | None = None,
-    act_order: bool = False,
-) -> str:
-    """The row label of a report (unique per evaluated model; ``--resume`` matches rows by it)."""
-    if method == "float":
-        return "float32"
-    if method in ("rtn", "gptq"):
-        return f"{method.upper()} {bits}-bit g{group_size}" + (" act-order" if act_order else "")
-    if method == "single":
-        return f"single-precision calib {bits}-bit"
-    if method == "mbq-uniform":
-        return f"MoBiQuant {slices} slice{'s' if slices != 1 else ''} ({bits}-bit)"
-    if method == "mbq-tau":
-        return f"MoBiQuant τ={tau:g}"
-    if method == "mbq-random":
-        return f"MoBiQuant random routing (bits of τ={tau:g})"
-    if method == "matmul-nbits":
-        return f"ORT MatMulNBits int{bits} b{group_size}"
-    raise ValueError(f"unknown method {method!r}")
-
-
 def _row(
     method: str,
-    label: str,
+    name: str,
     *,
     bits: float | None,
     model_bytes: int,
-    results: dict,
+    results: dict[str, TextResult],
     group_size: int | None = None,
     slices: int | None = None,
     tau: float | None = None,
     **extra: Any,
-) -> dict[str, Any]:
-    return {
-        "method": method,
-        "label": label,
-        "bits": bits,
-        "group_size": group_size,
-        "slices": slices,
-        "tau": tau,
-        "model_bytes": int(model_bytes),
-        "results": results,
-        **extra,
-    }
+) -> ReportRow:
+    return ReportRow(method, name, bits, group_size, slices, tau, int(model_bytes), results, **extra)
 
 
-def eval_float(setup: EvalSetup, load: ModelLoader) -> dict[str, Any]:
+def eval_float(setup: EvalSetup, load: ModelLoader) -> ReportRow:
     model = load()
     results = setup.run(torch_logits_fn(model), label("float"), FLOAT_BITS)
     return _row("float", label("float"), bits=None, model_bytes=float_model_bytes(model), results=results)
@@ -143,7 +108,7 @@ def eval_float(setup: EvalSetup, load: ModelLoader) -> dict[str, Any]:
 
 def _eval_uniform(
     setup: EvalSetup, method: str, name: str, model: nn.Module, spec: BaselineSpec, **extra: Any
-) -> dict[str, Any]:
+) -> ReportRow:
     """Evaluate a uniformly quantized (RTN/GPTQ) ``model`` and make its row."""
     results = setup.run(torch_logits_fn(model), name, spec.bits)
     return _row(
@@ -157,7 +122,7 @@ def _eval_uniform(
     )
 
 
-def eval_rtn(setup: EvalSetup, load: ModelLoader, spec: BaselineSpec) -> dict[str, Any]:
+def eval_rtn(setup: EvalSetup, load: ModelLoader, spec: BaselineSpec) -> ReportRow:
     model = rtn_quantize_model(load(), spec)
     name = label("rtn", bits=spec.bits, group_size=spec.group_size)
     return _eval_uniform(setup, "rtn", name, model, spec)
@@ -171,7 +136,7 @@ def eval_gptq(
     *,
     act_order: bool = False,
     damp: float = 0.01,
-) -> dict[str, Any]:
+) -> ReportRow:
     model = gptq_quantize_model(
         load(), samples, spec, act_order=act_order, damp=damp, progress=setup.progress
     )
@@ -295,7 +260,7 @@ def eval_mbq_uniform(
     n_slices: int,
     *,
     model: tuple[nn.Module, RoutingContext] | None = None,
-) -> dict[str, Any]:
+) -> ReportRow:
     """MoBiQuant with every token forced to ``n_slices`` slices (``ctx.force_slices``)."""
     spec = artifact.spec
     if not 1 <= n_slices <= spec.num_slices:
@@ -329,7 +294,7 @@ def eval_mbq_tau(
     tau: float,
     model: tuple[nn.Module, RoutingContext] | None = None,
     combine_max: bool = False,
-) -> dict[str, Any]:
+) -> ReportRow:
     """MoBiQuant with routers deciding per token at threshold ``tau``; average bits from the routed counts.
 
     ``combine_max``: routers that share an input decide once, at their largest count — the rule of the lean
@@ -374,7 +339,7 @@ def eval_single(
     n_slices: int,
     samples: torch.Tensor,
     config: CalibConfig | None = None,
-) -> dict[str, Any]:
+) -> ReportRow:
     """Our calibration run for precision ``n_slices`` only (same method, data, settings), evaluated there."""
     from mbq_onnx.baselines.single import single_precision_model
 
@@ -405,17 +370,18 @@ RANDOM_ROUTING_SEED = 0
 def eval_mbq_random(
     setup: EvalSetup,
     artifact: Artifact,
-    tau_row: dict[str, Any],
+    tau_row: ReportRow | Mapping[str, Any],
     model: tuple[nn.Module, RoutingContext] | None = None,
     seed: int = RANDOM_ROUTING_SEED,
-) -> dict[str, Any]:
+) -> ReportRow:
     """The random-routing baseline of a τ row: every token of every routed call gets one of the two slice
     counts bracketing the τ row's average bits on that text, at random (seeded), with the probability that
     matches it (:meth:`RandomCounts.for_bits`). Same model, same windows: only the routing decisions differ,
     so it tells what the trained routers add over spending the same bits blindly."""
     spec = artifact.spec
+    tau_row = ReportRow.coerce(tau_row)
     m, ctx = model or load_mobiquant(artifact)
-    tau = float(tau_row["tau"])
+    tau = float(tau_row.tau)
     name = label("mbq-random", tau=tau)
     old_random, old_force = ctx.random_counts, ctx.force_slices
     meter = AvgBitsMeter(m, ctx, spec)
@@ -430,11 +396,11 @@ def eval_mbq_random(
     try:
         ctx.force_slices = None
         for text in setup.texts:
-            target = bits_of(tau_row["results"][text])
+            target = tau_row.results[text].bits
             policy = RandomCounts.for_bits(target, spec.cum_bits, seed=seed)
             ctx.random_counts = policy
             results.update(setup.only(text).run(fn, name, meter.average, reset=meter.reset))
-            results[text]["target_bits_per_weight"] = target
+            results[text].target_bits_per_weight = target
             policies[text] = {"low": policy.low, "high": policy.high, "p_high": policy.p_high}
     finally:
         meter.close()
@@ -448,5 +414,5 @@ def eval_mbq_random(
         model_bytes=artifact_bytes(artifact, spec.num_slices),
         results=results,
         artifact=artifact.path.name,
-        random_routing={"seed": seed, "counts": policies, "of": tau_row["label"]},
+        random_routing={"seed": seed, "counts": policies, "of": tau_row.label},
     )
