@@ -231,17 +231,27 @@ def _token_ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def calibration_samples(tokenizer: Any, n: int, seqlen: int, seed: int = 0) -> Any:
-    """``n`` random ``seqlen``-token windows of the pre-2000 SOTU text as an int64 tensor ``[n, seqlen]``."""
+def calibration_samples(tokenizer: Any, n: int, seqlen: int, seed: int = 0, holdout: int = 0) -> Any:
+    """``n`` random ``seqlen``-token windows of the pre-2000 SOTU text, int64 ``[n + holdout, seqlen]``.
+
+    With ``holdout``, the last ``holdout`` rows are consecutive windows from the end of the text and the
+    ``n`` random ones come from the text before them, so the two never share a token.
+    """
     import torch
 
-    if n < 1 or seqlen < 2:
-        raise ValueError(f"need n >= 1 and seqlen >= 2 (got n={n}, seqlen={seqlen})")
+    if n < 1 or seqlen < 2 or holdout < 0:
+        raise ValueError(
+            f"need n >= 1, seqlen >= 2 and holdout >= 0 (got n={n}, seqlen={seqlen}, holdout={holdout})"
+        )
     ids = _cached_ids(tokenizer, "calibration")
-    if len(ids) < seqlen + 1:
-        raise ValueError(f"calibration text has {len(ids)} tokens, fewer than seqlen={seqlen}")
+    train_end = len(ids) - holdout * seqlen
+    if train_end < seqlen + 1:
+        raise ValueError(
+            f"calibration text has {len(ids)} tokens, too few for seqlen={seqlen} with holdout={holdout}"
+        )
     rng = random.Random(seed)
-    starts = [rng.randrange(0, len(ids) - seqlen) for _ in range(n)]
+    starts = [rng.randrange(0, train_end - seqlen) for _ in range(n)]
+    starts += [train_end + i * seqlen for i in range(holdout)]
     data = torch.tensor(ids, dtype=torch.int64)
     return torch.stack([data[s : s + seqlen] for s in starts])
 

@@ -47,8 +47,9 @@ def calibrate(
 ) -> CalibrationResult:
     """Calibrate ``model`` for every slice count of ``spec`` (or only ``precisions``) at once.
 
-    Calibration windows: ``input_ids [n, L]`` if given, else ``config.samples`` random
-    ``config.seqlen``-token windows of the pre-2000 SOTU text (:func:`mbq_onnx.assets.calibration_samples`).
+    Calibration windows: ``input_ids [n, L]`` if given (the last ``config.holdout`` are held out), else
+    ``config.samples`` random ``config.seqlen``-token windows of the pre-2000 SOTU text plus
+    ``config.holdout`` held-out ones after them (:func:`mbq_onnx.assets.calibration_samples`).
     The model itself is left unchanged.
     """
     cfg = config or PRESETS["fast"]
@@ -58,7 +59,7 @@ def calibrate(
         if tokenizer is None:
             raise ValueError("calibrate: give a tokenizer (to sample the calibration text) or input_ids")
 
-        input_ids = calibration_samples(tokenizer, cfg.samples, cfg.seqlen, cfg.seed)
+        input_ids = calibration_samples(tokenizer, cfg.samples, cfg.seqlen, cfg.seed, cfg.holdout)
     return calibrate_blocks(model, spec, input_ids, cfg, precisions=precisions, progress=progress)
 
 

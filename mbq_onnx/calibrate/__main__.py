@@ -12,6 +12,7 @@ from pathlib import Path
 from ..model.artifact import TAU_TABLE_BITS
 from ..quant.spec import QuantSpec
 from .config import PRESETS, ROUTER_GRANULARITIES
+from .matmul import GRAD_DTYPES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="windows per optimiser step")
     p.add_argument("--router", choices=ROUTER_GRANULARITIES, help="router granularity (default linear)")
     p.add_argument("--precisions", help="calibrate only these slice counts, e.g. 1 (bit-specific baseline)")
+    p.add_argument("--holdout", type=int, help="held-out windows for early stopping and the guard")
+    p.add_argument("--grad-dtype", choices=GRAD_DTYPES, help="backward matmuls (auto: bf16 if native)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             base_epochs=args.base_epochs,
             batch_size=args.batch_size,
             router=args.router,
+            holdout=args.holdout,
+            grad_dtype=args.grad_dtype,
             seed=args.seed,
         )
     except ValueError as e:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .matmul import GRAD_DTYPES
+
 ROUTER_GRANULARITIES = ("linear", "block")
 LOSS_WEIGHTINGS = ("relative", "mean")
 
@@ -26,12 +28,19 @@ class CalibConfig:
       than its RTN start (the shared clipping favours low precisions otherwise).
     - ``guard``: after training a block, shrink the learned clipping toward 1 (RTN) in steps until
       every precision's block MSE is at most its RTN MSE.
+    - ``holdout``: extra calibration windows (taken from the end of the calibration text, disjoint from
+      the training windows) that are never trained on: each stage keeps the epoch with the lowest
+      held-out objective, and the guard compares held-out MSEs. 0 trusts the training windows.
+    - ``grad_dtype``: operand dtype of the backward matmuls (``"auto"``: bfloat16 where the CPU has native
+      bfloat16, else float32; the forward and every reported loss stay float32).
     - ``budget_weight``: λ of the router's bit-budget penalty ``λ·(bits - b_1)/(B - b_1)``, against the
       routed output MSE relative to the base slice's RTN MSE.
     """
 
     samples: int = 128
     seqlen: int = 2048
+    holdout: int = 0
+    grad_dtype: str = "auto"
     base_epochs: int = 1
     epochs: int = 4
     batch_size: int = 1
@@ -54,6 +63,10 @@ class CalibConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seqlen < 2:
             raise ValueError(f"seqlen must be >= 2, got {self.seqlen}")
+        if self.grad_dtype not in GRAD_DTYPES:
+            raise ValueError(f"grad_dtype {self.grad_dtype!r}: choose one of {list(GRAD_DTYPES)}")
+        if self.holdout < 0:
+            raise ValueError(f"holdout must be >= 0, got {self.holdout}")
         if self.base_epochs < 0 or self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got base_epochs={self.base_epochs} epochs={self.epochs}")
         if self.router not in ROUTER_GRANULARITIES:
@@ -75,7 +88,13 @@ class CalibConfig:
 
 PRESETS: dict[str, CalibConfig] = {
     # a small smoke-level calibration: minutes on 2 idle CPU cores for the embedded 135M model
-    "fast": CalibConfig(samples=16, seqlen=256, base_epochs=1, epochs=2, batch_size=2, lr_lwc=1e-2),
+    "fast": CalibConfig(
+        samples=16, seqlen=256, base_epochs=1, epochs=2, batch_size=2, lr_lwc=1e-2, holdout=4
+    ),
+    # 8x the fast preset's training tokens in one joint epoch: <= 30 min on 2 cores for the embedded model
+    "medium": CalibConfig(
+        samples=128, seqlen=256, base_epochs=1, epochs=1, batch_size=4, lr_lwc=1e-2, holdout=8
+    ),
     # the paper's setting: 128 samples x 2048 tokens (hours on a CPU)
-    "paper": CalibConfig(samples=128, seqlen=2048, base_epochs=2, epochs=10, batch_size=1),
+    "paper": CalibConfig(samples=128, seqlen=2048, base_epochs=2, epochs=10, batch_size=1, holdout=8),
 }

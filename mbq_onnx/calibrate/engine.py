@@ -27,7 +27,8 @@ from ..model.routing import SliceRouter, slice_counts, slice_gates
 from ..quant import residual
 from ..quant.spec import QuantSpec
 from .config import CalibConfig
-from .trainable import ROUTED, CalibLinear
+from .matmul import resolve_grad_dtype
+from .trainable import ROUTED, CalibLinear, Mode
 
 
 @dataclass
@@ -116,14 +117,6 @@ def _map_batches(block: nn.Module, x: Tensor, kw: dict[str, Any], batch: int) ->
     return torch.cat([_run(block, x[i : i + batch], kw) for i in range(0, x.shape[0], batch)])
 
 
-@torch.no_grad()
-def _mse(block: nn.Module, x: Tensor, target: Tensor, kw: dict[str, Any], batch: int) -> float:
-    total = 0.0
-    for i in range(0, x.shape[0], batch):
-        total += F.mse_loss(_run(block, x[i : i + batch], kw), target[i : i + batch], reduction="sum").item()
-    return total / target.numel()
-
-
 class _CountStats:
     """Slice counts and bits summed per τ of a grid over routed calls (the τ → average-bits table).
 
@@ -175,11 +168,12 @@ class _BlockCalibrator:
         self.originals = block_linears(block)
         self.wrapped: dict[str, CalibLinear] = {}
         per_linear = train_routers and cfg.router == "linear"
+        grad_dtype = resolve_grad_dtype(cfg.grad_dtype)
         for name, linear in self.originals.items():
             router = None
             if per_linear:
                 router = SliceRouter(linear.in_features, spec.num_slices, cfg.router_hidden)
-            wrapped = CalibLinear(linear, spec, router, train_tau=cfg.train_tau)
+            wrapped = CalibLinear(linear, spec, router, train_tau=cfg.train_tau, grad_dtype=grad_dtype)
             self.wrapped[name] = wrapped
             _set_submodule(block, name, wrapped)
         self.block_router: SliceRouter | None = None
@@ -193,16 +187,19 @@ class _BlockCalibrator:
     # -- modes
     def _block_gates(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
-        routed = any(w.mode == ROUTED for w in self.wrapped.values())
+        mode = next(iter(self.wrapped.values())).mode
+        chunks = mode if isinstance(mode, tuple) else (mode,)
         gates = None
-        if routed:
-            gates = slice_gates(self.block_router(hidden), self.cfg.train_tau, hard=True)
+        if chunks[-1] == ROUTED:  # the routed chunk is last (the whole batch in plain routed mode)
+            routed_in = hidden[-(hidden.shape[0] // len(chunks)) :]
+            gates = slice_gates(self.block_router(routed_in), self.cfg.train_tau, hard=True)
         elif self.stats and self.block_router is not None:
-            self.stats[0].add(self.block_router(hidden))
+            top = max(range(len(chunks)), key=lambda i: int(chunks[i]))
+            self.stats[0].add(self.block_router(hidden.chunk(len(chunks))[top]))
         for w in self.wrapped.values():
             w.block_gates = gates
 
-    def set_mode(self, mode: int | str | None, use_lwc: bool = True) -> None:
+    def set_mode(self, mode: Mode, use_lwc: bool = True) -> None:
         for w in self.wrapped.values():
             w.mode, w.use_lwc = mode, use_lwc
 
@@ -214,71 +211,146 @@ class _BlockCalibrator:
             params += list(self.block_router.parameters())
         return params
 
+    def _forward_all(
+        self, inputs: dict[int, Tensor], idx: Tensor, precs: Sequence[int], routed: bool, use_lwc: bool = True
+    ) -> list[Tensor]:
+        """Block outputs of windows ``idx`` at each slice count of ``precs`` (each on its own stream) and,
+        with ``routed``, under the routers on the top stream: one stacked forward (:class:`CalibLinear`)."""
+        chunks: tuple[int | str, ...] = (*precs, ROUTED) if routed else tuple(precs)
+        xs = [inputs[k][idx] for k in precs]
+        if routed:
+            xs.append(inputs[max(self.precisions)][idx])
+        self.set_mode(chunks, use_lwc)
+        return list(_run(self.block, torch.cat(xs), self.kw).chunk(len(chunks)))
+
     # -- training
-    def losses(self, inputs: dict[int, Tensor], target: Tensor, use_lwc: bool) -> dict[int, float]:
-        out = {}
-        for k in self.precisions:
-            self.set_mode(k, use_lwc)
-            out[k] = _mse(self.block, inputs[k], target, self.kw, self.cfg.batch_size)
-        return out
+    def _objective(
+        self, outs: list[Tensor], tgt: Tensor, precs: Sequence[int], routed: bool, stage2: bool
+    ) -> Tensor:
+        """The training loss of one batch from :meth:`_forward_all`'s outputs."""
+        cfg, spec, rtn = self.cfg, self.spec, self.rtn
+        loss = torch.zeros(())
+        for k, out in zip(precs, outs, strict=False):
+            mse = F.mse_loss(out, tgt)
+            loss = loss + (self.weights[k] / self.norm if stage2 else self.weights[k]) * mse
+            if cfg.hinge_weight and stage2:  # no precision worse than its RTN start
+                loss = loss + cfg.hinge_weight * F.relu(mse / max(rtn[k], 1e-30) - 1.0)
+        if routed:
+            loss = loss + F.mse_loss(outs[-1], tgt) * self.base_ref
+            bits = torch.stack([w.last_bits.mean() for w in self.wrapped.values()]).mean()
+            frac = (bits - spec.slice_bits[0]) / (spec.total_bits - spec.slice_bits[0])
+            loss = loss + cfg.budget_weight * frac
+        return loss
+
+    @torch.no_grad()
+    def losses(
+        self, inputs: dict[int, Tensor], target: Tensor, idx: Tensor, use_lwc: bool
+    ) -> dict[int, float]:
+        """Each precision's block-output MSE over windows ``idx``."""
+        total = dict.fromkeys(self.precisions, 0.0)
+        for i in range(0, len(idx), self.cfg.batch_size):
+            part = idx[i : i + self.cfg.batch_size]
+            outs = self._forward_all(inputs, part, self.precisions, routed=False, use_lwc=use_lwc)
+            for k, out in zip(self.precisions, outs, strict=True):
+                total[k] += F.mse_loss(out, target[part], reduction="sum").item()
+        self.set_mode(None)
+        n = len(idx) * target[0].numel()
+        return {k: v / n for k, v in total.items()}
+
+    @torch.no_grad()
+    def _heldout_objective(
+        self, inputs: dict[int, Tensor], target: Tensor, idx: Tensor, stage: tuple
+    ) -> float:
+        _, _, precs, routed = stage
+        total = 0.0
+        for i in range(0, len(idx), self.cfg.batch_size):
+            part = idx[i : i + self.cfg.batch_size]
+            outs = self._forward_all(inputs, part, precs, routed)
+            total += self._objective(outs, target[part], precs, routed, stage[0] == "stage2").item() * len(
+                part
+            )
+        self.set_mode(None)
+        return total / len(idx)
+
+    def _snapshot(self) -> list[Tensor]:
+        return [p.detach().clone() for p in self.parameters("lwc") + self.parameters("routers")]
+
+    @torch.no_grad()
+    def _restore(self, state: list[Tensor]) -> None:
+        for p, v in zip(self.parameters("lwc") + self.parameters("routers"), state, strict=True):
+            p.copy_(v)
 
     def train(
-        self, inputs: dict[int, Tensor], target: Tensor, rtn: dict[int, float], generator: torch.Generator
+        self,
+        inputs: dict[int, Tensor],
+        target: Tensor,
+        rtn: dict[int, float],
+        generator: torch.Generator,
+        train_idx: Tensor,
+        held_idx: Tensor | None = None,
     ) -> dict[str, list[float]]:
-        cfg, spec = self.cfg, self.spec
-        weights = {
+        """Train on windows ``train_idx``; with ``held_idx``, keep each stage's parameters from the epoch
+        (or its start) with the lowest objective on those held-out windows (early stopping)."""
+        cfg = self.cfg
+        self.rtn = rtn
+        self.weights = {
             k: (1.0 / max(rtn[k], 1e-30) if cfg.loss_weighting == "relative" else 1.0)
             for k in self.precisions
         }
-        norm = sum(weights.values())
-        base_ref = 1.0 / max(rtn[min(self.precisions)], 1e-30)
-        n = target.shape[0]
+        self.norm = sum(self.weights.values())
+        self.base_ref = 1.0 / max(rtn[min(self.precisions)], 1e-30)
+        n = len(train_idx)
         history: dict[str, list[float]] = {"stage1": [], "stage2": []}
         stages = []
         if cfg.base_epochs and len(self.precisions) > 1 and 1 in self.precisions:
             stages.append(("stage1", cfg.base_epochs, [1], False))
         stages.append(("stage2", cfg.epochs, self.precisions, self.train_routers))
-        for stage, epochs, precs, routers in stages:
+        for stage in stages:
+            name, epochs, precs, routers = stage
             groups = [{"params": self.parameters("lwc"), "lr": cfg.lr_lwc}]
             if routers:
                 groups.append({"params": self.parameters("routers"), "lr": cfg.lr_router})
             opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
             steps_per_epoch = math.ceil(n / cfg.batch_size)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * steps_per_epoch))
+            best = None
+            if held_idx is not None and epochs:
+                best = (self._heldout_objective(inputs, target, held_idx, stage), self._snapshot())
+                history[f"{name}_heldout"] = [best[0]]
             for _ in range(epochs):
-                order = torch.randperm(n, generator=generator)
+                order = train_idx[torch.randperm(n, generator=generator)]
                 epoch_loss = 0.0
                 for s in range(steps_per_epoch):
                     idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                    tgt = target[idx]
-                    loss = torch.zeros(())
-                    for k in precs:
-                        self.set_mode(k)
-                        mse = F.mse_loss(_run(self.block, inputs[k][idx], self.kw), tgt)
-                        loss = loss + (weights[k] / norm if stage == "stage2" else weights[k]) * mse
-                        if cfg.hinge_weight and stage == "stage2":  # no precision worse than its RTN start
-                            loss = loss + cfg.hinge_weight * F.relu(mse / max(rtn[k], 1e-30) - 1.0)
-                    if routers:
-                        self.set_mode(ROUTED)
-                        top = inputs[max(self.precisions)][idx]
-                        routed = F.mse_loss(_run(self.block, top, self.kw), tgt) * base_ref
-                        bits = torch.stack([w.last_bits.mean() for w in self.wrapped.values()]).mean()
-                        frac = (bits - spec.slice_bits[0]) / (spec.total_bits - spec.slice_bits[0])
-                        loss = loss + routed + cfg.budget_weight * frac
+                    outs = self._forward_all(inputs, idx, precs, routers)
+                    loss = self._objective(outs, target[idx], precs, routers, name == "stage2")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     sched.step()
                     epoch_loss += loss.item()
-                history[stage].append(epoch_loss / steps_per_epoch)
+                history[name].append(epoch_loss / steps_per_epoch)
+                if best is not None:
+                    held = self._heldout_objective(inputs, target, held_idx, stage)
+                    history[f"{name}_heldout"].append(held)
+                    if held < best[0]:
+                        best = (held, self._snapshot())
+            if best is not None:
+                self._restore(best[1])
         self.set_mode(None)
         return history
 
     @torch.no_grad()
     def guard(
-        self, inputs: dict[int, Tensor], target: Tensor, rtn: dict[int, float], final: dict[int, float]
+        self,
+        inputs: dict[int, Tensor],
+        target: Tensor,
+        idx: Tensor,
+        rtn: dict[int, float],
+        final: dict[int, float],
     ) -> tuple[dict[int, float], float]:
-        """Pull the clipping back toward RTN (factor 1) until no precision's MSE exceeds its RTN MSE.
+        """Pull the clipping back toward RTN (factor 1) until no precision's MSE on windows ``idx`` exceeds
+        its RTN MSE there.
 
         Returns the losses and the kept fraction α of the learned clipping (1 = as trained, 0 = RTN).
         """
@@ -292,7 +364,7 @@ class _BlockCalibrator:
                 lo, hi = learned[n]
                 w.clip_lo.copy_(1 - alpha * (1 - lo.clamp(max=1)))
                 w.clip_hi.copy_(1 - alpha * (1 - hi.clamp(max=1)))
-            final = self.losses(inputs, target, use_lwc=True)
+            final = self.losses(inputs, target, idx, use_lwc=True)
             if alpha == 0.0 or all(final[k] <= rtn[k] for k in self.precisions):
                 return final, alpha
         return final, 0.0
@@ -301,20 +373,22 @@ class _BlockCalibrator:
     @torch.no_grad()
     def propagate(self, inputs: dict[int, Tensor], stats: _CountStats | None) -> dict[int, Tensor]:
         """Each precision's stream through this (quantized) block; τ statistics on the top stream."""
-        out = {}
-        top = max(self.precisions)
-        for k in self.precisions:
-            self.set_mode(k)
-            record = stats is not None and k == top
-            self.stats = [stats] if record and self.block_router is not None else []
-            for w in self.wrapped.values():
-                w.count_stats = stats if record and w.router is not None else None
-            out[k] = _map_batches(self.block, inputs[k], self.kw, self.cfg.batch_size)
+        for w in self.wrapped.values():
+            w.count_stats = stats if w.router is not None else None
+        self.stats = [stats] if stats is not None and self.block_router is not None else []
+        n = next(iter(inputs.values())).shape[0]
+        outs: dict[int, list[Tensor]] = {k: [] for k in self.precisions}
+        for i in range(0, n, self.cfg.batch_size):
+            idx = torch.arange(i, min(i + self.cfg.batch_size, n))
+            for k, out in zip(
+                self.precisions, self._forward_all(inputs, idx, self.precisions, False), strict=True
+            ):
+                outs[k].append(out)
         self.stats = []
         for w in self.wrapped.values():
             w.count_stats = None
         self.set_mode(None)
-        return out
+        return {k: torch.cat(v) for k, v in outs.items()}
 
     @torch.no_grad()
     def export(self) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, SliceRouter]]:
@@ -348,7 +422,9 @@ def calibrate_blocks(
 ) -> CalibrationResult:
     """Calibrate every decoder linear of ``model`` for all slice counts of ``spec`` at once.
 
-    ``input_ids``: calibration token windows ``[n, L]`` (see :func:`mbq_onnx.assets.calibration_samples`).
+    ``input_ids``: calibration token windows ``[n, L]`` (see :func:`mbq_onnx.assets.calibration_samples`);
+    the last ``config.holdout`` of them are not trained on: they pick each stage's best epoch and judge
+    the guard (``rtn_mse``/``calibrated_mse`` in the block reports are on them then).
     ``precisions``: slice counts the loss covers (default all ``1..S``); ``[k]`` alone is the
     bit-specific same-method baseline (no routers are trained then). The model is left unchanged.
     """
@@ -362,6 +438,16 @@ def calibrate_blocks(
     train_routers = spec.num_slices > 1 and precs == all_precisions
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
+
+    n_held = cfg.holdout
+    if n_held and input_ids.shape[0] <= n_held:
+        raise ValueError(
+            f"holdout={n_held} needs more than {n_held} calibration windows, got {input_ids.shape[0]}"
+        )
+    n_train = input_ids.shape[0] - n_held
+    train_idx = torch.arange(n_train)
+    held_idx = torch.arange(n_train, input_ids.shape[0]) if n_held else None
+    guard_idx = held_idx if held_idx is not None else train_idx
 
     blocks_name, blocks = decoder_blocks(model)
     was_training = model.training
@@ -385,12 +471,14 @@ def calibrate_blocks(
         fp_out = _map_batches(block, fp_in, kw, cfg.batch_size)
         cal = _BlockCalibrator(block, block_name, spec, cfg, precs, train_routers, kw)
         try:
-            rtn = cal.losses(streams, fp_out, use_lwc=False)
-            history = cal.train(streams, fp_out, rtn, generator)
-            final = cal.losses(streams, fp_out, use_lwc=True)
+            rtn = cal.losses(streams, fp_out, train_idx, use_lwc=False)
+            history = cal.train(streams, fp_out, rtn, generator, train_idx, held_idx)
+            train_final = cal.losses(streams, fp_out, train_idx, use_lwc=True)
+            guard_rtn = rtn if held_idx is None else cal.losses(streams, fp_out, guard_idx, use_lwc=False)
+            final = train_final if held_idx is None else cal.losses(streams, fp_out, guard_idx, use_lwc=True)
             alpha = 1.0
             if cfg.guard:
-                final, alpha = cal.guard(streams, fp_out, rtn, final)
+                final, alpha = cal.guard(streams, fp_out, guard_idx, guard_rtn, final)
             streams = cal.propagate(streams, stats)
             got_params, got_routers = cal.export()
         finally:
@@ -403,14 +491,17 @@ def calibrate_blocks(
         block_reports.append(
             {
                 "block": block_name,
-                "rtn_mse": {str(k): v for k, v in rtn.items()},
+                "mse_windows": "heldout" if held_idx is not None else "train",
+                "rtn_mse": {str(k): v for k, v in guard_rtn.items()},
                 "calibrated_mse": {str(k): v for k, v in final.items()},
+                "train_rtn_mse": {str(k): v for k, v in rtn.items()},
+                "train_calibrated_mse": {str(k): v for k, v in train_final.items()},
                 "train_loss": history,
                 "guard_alpha": alpha,
                 "seconds": round(time.perf_counter() - tb, 3),
             }
         )
-        bar.set_postfix({f"{spec.bits_at(k)}b": f"{final[k] / max(rtn[k], 1e-30):.2f}" for k in precs})
+        bar.set_postfix({f"{spec.bits_at(k)}b": f"{final[k] / max(guard_rtn[k], 1e-30):.2f}" for k in precs})
     model.train(was_training)
 
     tau_table = stats.table() if stats is not None else []
@@ -418,7 +509,9 @@ def calibrate_blocks(
         "spec": {"slice_bits": list(spec.slice_bits), "group_size": spec.group_size},
         "precisions": precs,
         "config": cfg.to_dict(),
-        "samples": list(input_ids.shape),
+        "samples": [n_train, input_ids.shape[1]],
+        "holdout_windows": n_held,
+        "grad_dtype": str(resolve_grad_dtype(cfg.grad_dtype)).removeprefix("torch."),
         "blocks": block_reports,
         "tau_table": tau_table,
         "seconds_total": round(time.perf_counter() - t0, 3),

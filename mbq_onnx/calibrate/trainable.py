@@ -3,7 +3,9 @@
 :class:`CalibLinear` stands in for an ``nn.Linear`` of the block being calibrated. Its ``mode``
 picks what it computes: ``None`` the float linear, an int ``k`` the weight fake-quantized to
 its first ``k`` slices, ``"routed"`` a per-token mixture of slices (gates from its own router
-or from the block router, straight-through hard gates).
+or from the block router, straight-through hard gates), and a tuple of those — e.g.
+``(1, 2, 3, "routed")`` — one forward for all of them at once: the batch holds one equal chunk
+per entry, in that order (``"routed"`` last), and the weight is fake-quantized once for all.
 """
 
 from __future__ import annotations
@@ -17,36 +19,18 @@ from torch.nn import functional as F
 from ..model.routing import SliceRouter, slice_gates
 from ..quant import residual
 from ..quant.spec import QuantSpec
+from .matmul import matmul_t
 
-#: Clipping factors start at 1 (exactly the RTN grid) and stay within [MIN_CLIP, 1].
-MIN_CLIP = 0.2
 ROUTED = "routed"
-
-
-def clipped_minmax_params(w: Tensor, spec: QuantSpec, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """Asymmetric ``(scale, zero)`` ``[N, G]`` of the group range ``[lo·min, hi·max]`` (LWC), the range
-    containing 0 as in :func:`mbq_onnx.quant.residual.minmax_params` (identical at ``lo = hi = 1``).
-
-    Like :func:`mbq_onnx.quant.residual.minmax_params` but with the clipping factors themselves as
-    parameters (clamped to ``[MIN_CLIP, 1]``) instead of sigmoid logits: a factor of exactly 1 is
-    reachable, so calibration starts from the RTN grid and gradients are not squashed near it.
-    """
-    k = w.shape[1]
-    wg = residual.group_view(w, spec.group_size)
-    valid = residual.group_view(torch.ones(1, k, dtype=torch.bool, device=w.device), spec.group_size)
-    wmin = torch.where(valid, wg, torch.full_like(wg, float("inf"))).amin(-1).clamp(max=0)
-    wmax = torch.where(valid, wg, torch.full_like(wg, float("-inf"))).amax(-1).clamp(min=0)
-    wmin = lo.clamp(MIN_CLIP, 1.0) * wmin
-    wmax = hi.clamp(MIN_CLIP, 1.0) * wmax
-    qmax = (1 << spec.total_bits) - 1
-    scale = ((wmax - wmin) / qmax).clamp(min=residual.MIN_SCALE)
-    zero = residual.round_ste(-wmin / scale).clamp(0, qmax)
-    return scale, zero
+#: What a :class:`CalibLinear` computes (see the module docstring).
+Mode = int | str | tuple[int | str, ...] | None
 
 
 class CalibLinear(nn.Module):
     """Wraps ``linear`` (weight frozen) with LWC factors ``[N, G]`` and an optional per-linear router;
-    ``train_tau``: the threshold of its router's hard gates in routed mode (``CalibConfig.train_tau``)."""
+    ``train_tau``: the threshold of its router's hard gates in routed mode (``CalibConfig.train_tau``);
+    ``grad_dtype``: the operand dtype of the backward matmuls in the routed and stacked modes
+    (:func:`mbq_onnx.calibrate.matmul.matmul_t`)."""
 
     def __init__(
         self,
@@ -54,18 +38,25 @@ class CalibLinear(nn.Module):
         spec: QuantSpec,
         router: SliceRouter | None = None,
         train_tau: float = 0.5,
+        grad_dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
+        self.grad_dtype = grad_dtype
         self.spec = spec
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", linear.weight.detach().float().clone(), persistent=False)
         bias = linear.bias.detach().float().clone() if linear.bias is not None else None
         self.register_buffer("bias", bias, persistent=False)
         groups = spec.num_groups(self.in_features)
+        group_min, group_max = residual.group_range(
+            self.weight, spec.group_size
+        )  # fixed: the weight is frozen
+        self.register_buffer("group_min", group_min, persistent=False)
+        self.register_buffer("group_max", group_max, persistent=False)
         self.clip_lo = nn.Parameter(torch.full((self.out_features, groups), 1.0))
         self.clip_hi = nn.Parameter(torch.full((self.out_features, groups), 1.0))
         self.router = router
-        self.mode: int | str | None = None
+        self.mode: Mode = None
         self.use_lwc = True
         if not 0.0 < train_tau < 1.0:
             raise ValueError(f"train_tau {train_tau} must lie strictly between 0 and 1")
@@ -77,33 +68,67 @@ class CalibLinear(nn.Module):
     def quant_params(self) -> tuple[Tensor, Tensor]:
         """Current ``(scale, zero)``, differentiable in the clipping logits."""
         if not self.use_lwc:
-            return residual.minmax_params(self.weight, self.spec)
-        return clipped_minmax_params(self.weight, self.spec, self.clip_lo, self.clip_hi)
+            return residual.lwc_params(self.group_min, self.group_max, self.spec)
+        return residual.lwc_params(self.group_min, self.group_max, self.spec, self.clip_lo, self.clip_hi)
 
     def _record_counts(self, x: Tensor) -> None:
         if self.count_stats is not None and self.router is not None:
             with torch.no_grad():
                 self.count_stats.add(self.router(x))
 
+    def _gates(self, x: Tensor) -> Tensor:
+        if self.block_gates is not None:
+            return self.block_gates
+        if self.router is not None:
+            return slice_gates(self.router(x), self.train_tau, hard=True)
+        raise RuntimeError("routed mode needs a router or block gates")
+
+    def _routed(self, x: Tensor, ws: list[Tensor]) -> Tensor:
+        """Per-token mixture: base output plus each residual slice's increment times its gate."""
+        gates = self._gates(x)
+        increments = torch.cat([ws[j] - ws[j - 1] for j in range(1, len(ws))])  # small: bf16-safe forward
+        inc = matmul_t(x, increments, self.grad_dtype, low_forward=True)
+        inc = inc.unflatten(-1, (len(ws) - 1, self.out_features))
+        y = matmul_t(x, ws[0], self.grad_dtype) + (gates.unsqueeze(-1).to(inc.dtype) * inc).sum(-2)
+        if self.bias is not None:
+            y = y + self.bias
+        bits = torch.tensor(self.spec.slice_bits[1:], dtype=gates.dtype, device=gates.device)
+        self.last_bits = self.spec.slice_bits[0] + (gates * bits).sum(-1)
+        return y
+
+    def _stacked(self, x: Tensor, chunks: tuple[int | str, ...], ws: list[Tensor]) -> Tensor:
+        """One forward for every entry of ``chunks`` (fixed slice counts first, ``"routed"`` last)."""
+        routed = chunks[-1] == ROUTED
+        fixed = chunks[:-1] if routed else chunks
+        if ROUTED in fixed:
+            raise ValueError(f"mode {chunks}: 'routed' may only be the last chunk")
+        if x.shape[0] % len(chunks):
+            raise ValueError(f"batch {x.shape[0]} does not split into {len(chunks)} equal chunks")
+        b = x.shape[0] // len(chunks)
+        out = []
+        if fixed:
+            xs = x[: b * len(fixed)].reshape(len(fixed), -1, self.in_features)
+            if self.count_stats is not None and self.router is not None:
+                top = max(range(len(fixed)), key=lambda i: int(fixed[i]))
+                self._record_counts(xs[top])
+            w = torch.stack([ws[int(k) - 1] for k in fixed])  # [P, N, K]
+            y = matmul_t(xs, w, self.grad_dtype)
+            if self.bias is not None:
+                y = y + self.bias
+            out.append(y.reshape(b * len(fixed), *x.shape[1:-1], self.out_features))
+        if routed:
+            out.append(self._routed(x[b * len(fixed) :], ws))
+        return out[0] if len(out) == 1 else torch.cat(out)
+
     def forward(self, x: Tensor) -> Tensor:
         mode = self.mode
         if mode is None:
             return F.linear(x, self.weight, self.bias)
         scale, zero = self.quant_params()
+        if isinstance(mode, tuple):
+            return self._stacked(x, mode, residual.fake_quant_all(self.weight, scale, zero, self.spec))
         if mode != ROUTED:
             self._record_counts(x)
             w = residual.fake_quant(self.weight, scale, zero, self.spec, int(mode))
             return F.linear(x, w, self.bias)
-        ws = residual.fake_quant_all(self.weight, scale, zero, self.spec)
-        if self.block_gates is not None:
-            gates = self.block_gates
-        elif self.router is not None:
-            gates = slice_gates(self.router(x), self.train_tau, hard=True)
-        else:
-            raise RuntimeError("routed mode needs a router or block gates")
-        y = F.linear(x, ws[0], self.bias)
-        for j in range(1, len(ws)):
-            y = y + gates[..., j - 1 : j].to(y.dtype) * F.linear(x, ws[j] - ws[j - 1])
-        bits = torch.tensor(self.spec.slice_bits[1:], dtype=gates.dtype, device=gates.device)
-        self.last_bits = self.spec.slice_bits[0] + (gates * bits).sum(-1)
-        return y
+        return self._routed(x, residual.fake_quant_all(self.weight, scale, zero, self.spec))

@@ -612,7 +612,8 @@ class Execution:
         from mbq_onnx import assets
 
         cfg, (n_s, seqlen) = self.plan.single_config, self.plan.single_calibration
-        return cfg, assets.calibration_samples(self.tokenizer, n_s, seqlen, seed=cfg.seed)
+        samples = assets.calibration_samples(self.tokenizer, n_s, seqlen, seed=cfg.seed, holdout=cfg.holdout)
+        return cfg, samples
 
     @cached_property
     def mbq(self) -> tuple[nn.Module, RoutingContext]:

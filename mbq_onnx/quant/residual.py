@@ -8,7 +8,7 @@ valid lower-precision quantization (see ``custom_ops/README.md``, "Semantics"):
 ``w_k = scale * ((q >> (B-c)) << (B-c) + (2^(B-c) - 1)/2 - zero)`` with ``c = c_k``.
 
 Groups run along K (in_features); a ragged last group is zero-padded. Everything here is plain
-torch and differentiable where it matters (``minmax_params`` in the clipping factors,
+torch and differentiable where it matters (``lwc_params`` in the clipping factors,
 ``fake_quant`` in the weight, scale and zero), so calibration can train through it.
 """
 
@@ -23,6 +23,8 @@ from .spec import QuantSpec
 
 #: Smallest scale; keeps all-constant groups finite.
 MIN_SCALE = 1e-8
+#: Learnable clipping factors stay within [MIN_CLIP, 1] (1 = the RTN range).
+MIN_CLIP = 0.2
 
 
 def round_ste(x: Tensor) -> Tensor:
@@ -60,31 +62,44 @@ def _expand_groups(p: Tensor, k: int, group_size: int) -> Tensor:
     return p.repeat_interleave(group_size, dim=1)[:, :k]
 
 
-def minmax_params(
-    w: Tensor, spec: QuantSpec, clip_lo: Tensor | None = None, clip_hi: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Asymmetric min/max ``(scale, zero)``, each ``[N, G]``, for the full B-bit code.
-
-    ``clip_lo`` / ``clip_hi`` are optional learnable-weight-clipping logits (OmniQuant LWC),
-    broadcastable to ``[N, G]``: the group range becomes ``[sigmoid(clip_lo)·min, sigmoid(clip_hi)·max]``.
-    The range always contains 0 (as in GPTQ / MatMulNBits), so the integer ``zero`` (straight-through
-    rounding, in ``[0, 2^B - 1]``) never clips a one-signed group; both outputs stay differentiable
-    in ``w`` and the clipping logits. Padded columns of a ragged last group take no part.
-    """
-    _check_weight(w)
+def group_range(w: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
+    """Per-group ``(min, max)`` ``[N, G]`` of ``w [N, K]``, widened to contain 0 (as GPTQ / MatMulNBits
+    do, so the integer zero never clips a one-signed group); padded columns of a ragged last group
+    take no part."""
     k = w.shape[1]
-    wg = group_view(w, spec.group_size)
-    valid = group_view(torch.ones(1, k, dtype=torch.bool, device=w.device), spec.group_size)
+    wg = group_view(w, group_size)
+    valid = group_view(torch.ones(1, k, dtype=torch.bool, device=w.device), group_size)
     wmin = torch.where(valid, wg, torch.full_like(wg, float("inf"))).amin(-1).clamp(max=0)
     wmax = torch.where(valid, wg, torch.full_like(wg, float("-inf"))).amax(-1).clamp(min=0)
+    return wmin, wmax
+
+
+def lwc_params(
+    wmin: Tensor, wmax: Tensor, spec: QuantSpec, clip_lo: Tensor | None = None, clip_hi: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Asymmetric ``(scale, zero)`` ``[N, G]`` of the clipped group range ``[clip_lo·min, clip_hi·max]``
+    (OmniQuant's learnable weight clipping, LWC) for the full B-bit code.
+
+    The clipping factors are the parameters themselves, clamped to ``[MIN_CLIP, 1]`` (not sigmoid
+    logits): a factor of exactly 1 — the RTN grid, where calibration starts — is reachable and its
+    gradient is not squashed. ``None`` means no clipping. ``zero`` uses straight-through rounding, so
+    both outputs are differentiable in the range and the factors.
+    """
     if clip_lo is not None:
-        wmin = torch.sigmoid(clip_lo) * wmin
+        wmin = clip_lo.clamp(MIN_CLIP, 1.0) * wmin
     if clip_hi is not None:
-        wmax = torch.sigmoid(clip_hi) * wmax
+        wmax = clip_hi.clamp(MIN_CLIP, 1.0) * wmax
     qmax = (1 << spec.total_bits) - 1
     scale = ((wmax - wmin) / qmax).clamp(min=MIN_SCALE)
     zero = round_ste(-wmin / scale).clamp(0, qmax)
     return scale, zero
+
+
+def minmax_params(w: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+    """Asymmetric min/max ``(scale, zero)``, each ``[N, G]``, for the full B-bit code (RTN):
+    :func:`lwc_params` of :func:`group_range` without clipping."""
+    _check_weight(w)
+    return lwc_params(*group_range(w, spec.group_size), spec)
 
 
 def _check_params(w: Tensor, scale: Tensor, zero: Tensor, spec: QuantSpec) -> None:

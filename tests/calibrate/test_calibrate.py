@@ -137,15 +137,18 @@ def test_seeded_calibration_is_reproducible(tiny_llama):
 
 
 def test_unit_clipping_reproduces_the_rtn_grid(tiny_llama):
-    from mbq_onnx.calibrate.trainable import clipped_minmax_params
+    from mbq_onnx.calibrate.trainable import CalibLinear
     from mbq_onnx.quant import residual
 
-    w = tiny_llama().model.layers[0].mlp.down_proj.weight.detach()
-    ones = torch.ones(w.shape[0], SPEC.num_groups(w.shape[1]))
-    got, want = clipped_minmax_params(w, SPEC, ones, ones), residual.minmax_params(w, SPEC)
+    linear = tiny_llama().model.layers[0].mlp.down_proj
+    w = linear.weight.detach()
+    wrapped = CalibLinear(linear, SPEC)  # clipping factors start at 1
+    got, want = wrapped.quant_params(), residual.minmax_params(w, SPEC)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    scale, _ = clipped_minmax_params(w, SPEC, ones * 0.5, ones * 0.5)
-    assert torch.all(scale < residual.minmax_params(w, SPEC)[0])
+    with torch.no_grad():
+        wrapped.clip_lo.fill_(0.5)
+        wrapped.clip_hi.fill_(0.5)
+    assert torch.all(wrapped.quant_params()[0] < want[0])
 
 
 @pytest.mark.parametrize("router", ["linear", "block"])
@@ -170,3 +173,86 @@ def test_train_tau_of_the_config_drives_the_routed_gates(tiny_llama, router):
         bits[tau] = float(q_proj.last_bits.detach().mean())
     assert bits[0.02] > bits[0.5] > bits[0.98]  # a higher training τ switches fewer slices on
     assert bits[0.02] == pytest.approx(8.0) and bits[0.98] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("router", ["linear", "block"])
+def test_one_stacked_forward_equals_a_forward_per_mode(tiny_llama, router):
+    """``mode=(1, 2, 3, "routed")`` on the concatenated streams gives each mode's own output and gradient."""
+    from mbq_onnx.calibrate.engine import _BlockCalibrator, _run, capture_block_inputs
+    from mbq_onnx.calibrate.trainable import ROUTED
+
+    torch.manual_seed(0)
+    model = tiny_llama(seed=0)
+    _, kwargs = capture_block_inputs(model, model.model.layers, _ids(n=1, seqlen=16))
+    block, kw = model.model.layers[0], kwargs[0]
+    for p in block.parameters():
+        p.requires_grad_(False)
+    cfg = TINY.with_overrides(router=router, grad_dtype="float32")
+    cal = _BlockCalibrator(block, "model.layers.0", SPEC, cfg, [1, 2, 3], True, kw)
+    with torch.no_grad():  # a learned-looking clipping, so every mode differs from RTN
+        for w in cal.wrapped.values():
+            w.clip_lo.uniform_(0.7, 1.0)
+            w.clip_hi.uniform_(0.7, 1.0)
+    gen = torch.Generator().manual_seed(1)
+    streams = {k: torch.randn(2, 16, model.config.hidden_size, generator=gen) for k in (1, 2, 3)}
+    idx = torch.arange(2)
+    stacked = cal._forward_all(streams, idx, [1, 2, 3], routed=True)
+    grad_stacked = torch.autograd.grad(sum(o.square().sum() for o in stacked), cal.parameters("lwc"))
+    single = []
+    for mode, x in ((1, streams[1]), (2, streams[2]), (3, streams[3]), (ROUTED, streams[3])):
+        cal.set_mode(mode)
+        single.append(_run(block, x, kw))
+    grad_single = torch.autograd.grad(sum(o.square().sum() for o in single), cal.parameters("lwc"))
+    for got, want in zip(stacked, single, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grad_stacked, grad_single, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(stacked[0], stacked[2])  # the modes really differ
+    cal.restore()
+
+
+def test_holdout_windows_are_not_trained_on_and_judge_the_guard(tiny_llama):
+    model = tiny_llama(seed=0)
+    cfg = TINY.with_overrides(holdout=2)
+    result = calibrate(model, None, SPEC, cfg, input_ids=_ids(n=10), progress=False)
+    assert result.report["holdout_windows"] == 2
+    for b in result.report["blocks"]:
+        assert b["mse_windows"] == "heldout"
+        for k, rtn in b["rtn_mse"].items():
+            assert b["calibrated_mse"][k] <= rtn * (1 + 1e-6)  # the guard holds on the held-out windows
+        held = b["train_loss"]["stage2_heldout"]
+        assert len(held) == cfg.epochs + 1 and all(h == h for h in held)  # start + one per epoch, finite
+    with pytest.raises(ValueError, match="holdout=8"):
+        calibrate(model, None, SPEC, TINY.with_overrides(holdout=8), input_ids=_ids(n=8), progress=False)
+
+
+@pytest.mark.parametrize("low_forward", [False, True])
+def test_bf16_gradients_match_float32(low_forward):
+    """``matmul_t`` keeps the float32 forward (unless ``low_forward``) and gives gradients within bf16's
+    rounding of autograd's."""
+    from mbq_onnx.calibrate.matmul import matmul_t
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 64, 48, generator=gen, requires_grad=True)
+    w = torch.randn(3, 32, 48, generator=gen, requires_grad=True)
+    g = torch.randn(3, 64, 32, generator=gen)
+    want = x @ w.transpose(1, 2)
+    gx, gw = torch.autograd.grad(want, (x, w), g)
+    got = matmul_t(x, w, torch.bfloat16, low_forward=low_forward)
+    if low_forward:
+        assert 0 < (got - want).norm() / want.norm() < 1e-2
+    else:
+        assert torch.equal(got, want)
+    hx, hw = torch.autograd.grad(got, (x, w), g)
+    for have, ref in ((hx, gx), (hw, gw)):
+        assert have.dtype == torch.float32
+        assert (have - ref).norm() / ref.norm() < 1e-2
+        assert not torch.equal(have, ref)  # really computed in bfloat16
+    w2 = torch.randn(32, 48, generator=gen, requires_grad=True)  # one weight for every leading row
+    y2 = matmul_t(x, w2, torch.bfloat16)
+    assert y2.shape == (3, 64, 32)
+    (hw2,) = torch.autograd.grad(y2, (w2,), g)
+    ref2 = torch.einsum("btn,btk->nk", g, x.detach())
+    assert (hw2 - ref2).norm() / ref2.norm() < 1e-2
+    with pytest.raises(ValueError, match="grad_dtype"):
+        CalibConfig(grad_dtype="float16")

@@ -11,10 +11,13 @@ import torch
 from mbq_onnx.quant import reference
 from mbq_onnx.quant.packing import unpack
 from mbq_onnx.quant.residual import (
+    MIN_CLIP,
     dequantize_codes,
     fake_quant,
     fake_quant_all,
+    group_range,
     group_view,
+    lwc_params,
     minmax_params,
     quantize_codes,
     quantize_linear,
@@ -129,13 +132,13 @@ def test_fake_quant_is_differentiable_in_weight_and_clipping() -> None:
     spec = QuantSpec((4, 2, 2), 16)
     w = realish_weight(8, 40).requires_grad_(True)
     n_groups = spec.num_groups(40)
-    clip_lo = torch.full((8, n_groups), 4.0, requires_grad=True)
-    clip_hi = torch.full((8, n_groups), 4.0, requires_grad=True)
+    clip_lo = torch.full((8, n_groups), 0.9, requires_grad=True)
+    clip_hi = torch.full((8, n_groups), 0.9, requires_grad=True)
     x = torch.randn(16, 40)
     for n_slices in range(1, spec.num_slices + 1):
         for t in (w, clip_lo, clip_hi):
             t.grad = None
-        scale, zero = minmax_params(w, spec, clip_lo, clip_hi)
+        scale, zero = lwc_params(*group_range(w, spec.group_size), spec, clip_lo, clip_hi)
         loss = ((x @ fake_quant(w, scale, zero, spec, n_slices).T - x @ w.detach().T) ** 2).mean()
         loss.backward()
         for name, t in (("w", w), ("clip_lo", clip_lo), ("clip_hi", clip_hi)):
@@ -147,8 +150,11 @@ def test_clipping_shrinks_the_range() -> None:
     spec = QuantSpec((4,), 16)
     w = realish_weight(4, 32)
     s_full, _ = minmax_params(w, spec)
-    s_clip, _ = minmax_params(w, spec, torch.tensor(0.0), torch.tensor(0.0))  # sigmoid(0) = 0.5
+    half = torch.tensor(0.5)
+    s_clip, _ = lwc_params(*group_range(w, spec.group_size), spec, half, half)
     torch.testing.assert_close(s_clip, s_full * 0.5)
+    s_floor, _ = lwc_params(*group_range(w, spec.group_size), spec, half * 0, half * 0)  # clamped to MIN_CLIP
+    torch.testing.assert_close(s_floor, s_full * MIN_CLIP)
 
 
 def test_bad_shapes_raise() -> None:
