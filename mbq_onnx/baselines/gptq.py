@@ -7,15 +7,13 @@ compensation. Only one block's inputs live in memory at a time.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mbq_onnx.model.linear import decoder_layers
+from mbq_onnx.model.surgery import capture_layer_inputs, decoder_layers, layer_output
 from mbq_onnx.quant import residual
 
 from .common import BaselineSpec, decoder_linears
@@ -113,10 +111,6 @@ class _HessianStats:
         return (2.0 * self.sum / max(self.rows, 1)).float()
 
 
-class _StopForward(Exception):
-    """Raised by the input-capturing hook once the first block's inputs are recorded."""
-
-
 def _as_batches(samples: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
     if isinstance(samples, torch.Tensor):
         samples = samples.reshape(-1, samples.shape[-1])
@@ -124,47 +118,6 @@ def _as_batches(samples: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Te
     if not batches:
         raise ValueError("GPTQ needs at least one calibration sample")
     return [torch.as_tensor(b, dtype=torch.long).reshape(1, -1) for b in batches]
-
-
-@torch.no_grad()
-def _capture_first_block_inputs(
-    model: nn.Module, batches: list[torch.Tensor]
-) -> tuple[list[torch.Tensor], list[list[dict[str, Any]]]]:
-    """Hidden states entering block 0 per sample, and per sample the keyword arguments of every block
-    (shared per sequence length; per block because a sliding-window layer gets its own mask)."""
-    layers = decoder_layers(model)
-    index = {id(layer): i for i, layer in enumerate(layers)}
-    hidden: list[torch.Tensor] = []
-    kwargs_by_len: dict[int, list[dict[str, Any]]] = {}
-    current: list[list[dict[str, Any]]] = []
-
-    def hook(module: nn.Module, args: tuple, kw: dict[str, Any]) -> None:
-        i = index[id(module)]
-        if i == 0:
-            h = args[0] if args else kw["hidden_states"]
-            hidden.append(h.detach())
-            current.append(kwargs_by_len.setdefault(h.shape[1], []))
-        per_layer = current[-1]
-        if len(per_layer) == i:  # first sample of this length: record every layer's arguments
-            skip = ("hidden_states", "cache", "past_key_values")
-            per_layer.append({key: v for key, v in kw.items() if key not in skip})
-        if len(per_layer) == len(layers):
-            raise _StopForward
-
-    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
-    try:
-        for ids in batches:
-            with contextlib.suppress(_StopForward):
-                model(input_ids=ids, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return hidden, current
-
-
-def _block_output(layer: nn.Module, h: torch.Tensor, kw: dict[str, Any]) -> torch.Tensor:
-    out = layer(h, **kw)
-    return out[0] if isinstance(out, tuple) else out
 
 
 @torch.no_grad()
@@ -184,7 +137,7 @@ def gptq_quantize_model(
     """
     model.eval()
     batches = _as_batches(samples)
-    hidden, kwargs = _capture_first_block_inputs(model, batches)
+    hidden, kwargs = capture_layer_inputs(model, batches)
     all_linears = decoder_linears(model)
     layers = decoder_layers(model)
     for li, layer in enumerate(
@@ -195,7 +148,7 @@ def gptq_quantize_model(
         handles = [m.register_forward_pre_hook(stats[name].hook) for name, m in linears.items()]
         try:
             for h, kw in zip(hidden, kwargs, strict=True):
-                _block_output(layer, h, kw[li])
+                layer_output(layer, h, kw[li])
         finally:
             for handle in handles:
                 handle.remove()
@@ -205,5 +158,5 @@ def gptq_quantize_model(
                     m.weight, stats.pop(name).hessian(), spec, damp=damp, act_order=act_order
                 )
             )
-        hidden = [_block_output(layer, h, kw[li]) for h, kw in zip(hidden, kwargs, strict=True)]
+        hidden = [layer_output(layer, h, kw[li]) for h, kw in zip(hidden, kwargs, strict=True)]
     return model

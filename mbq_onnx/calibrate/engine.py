@@ -10,7 +10,6 @@ bit-budget penalty). Only one block's activations and parameters are trained at 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -24,6 +23,13 @@ from tqdm.auto import tqdm
 
 from ..model.artifact import TAU_TABLE_BITS
 from ..model.routing import SliceRouter, slice_counts, slice_gates
+from ..model.surgery import (
+    capture_layer_inputs,
+    decoder_layers,
+    decoder_layers_name,
+    layer_output,
+    set_submodule,
+)
 from ..quant import residual
 from ..quant.spec import QuantSpec
 from .config import CalibConfig
@@ -50,14 +56,7 @@ class CalibrationResult:
 
 def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """``(qualified name, blocks)`` of a transformers causal LM's decoder layers."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        raise ValueError(f"{type(model).__name__}: no decoder blocks (expected model.get_decoder().layers)")
-    for name, module in model.named_modules():
-        if module is layers:
-            return name, layers
-    raise ValueError("decoder layers are not registered as a submodule of the model")
+    return decoder_layers_name(model), decoder_layers(model)
 
 
 def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
@@ -65,56 +64,16 @@ def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
-
-
-class _Stop(Exception):
-    pass
-
-
-@torch.no_grad()
-def capture_block_inputs(
-    model: nn.Module, blocks: nn.ModuleList, input_ids: Tensor
-) -> tuple[Tensor, list[dict[str, Any]]]:
-    """Hidden states entering the first block ``[n, L, H]`` and each block's keyword arguments (rotary
-    embeddings, mask, positions; captured at batch size 1, they broadcast over a batch). The arguments
-    are taken per block from the model's own forward of the first window, because they may differ
-    between layers (a sliding-window layer gets its own mask, e.g. Qwen2 with ``layer_types``)."""
-    states: list[Tensor] = []
-    per_block: list[dict[str, Any]] = []
-    index = {id(b): i for i, b in enumerate(blocks)}
-    drop = ("hidden_states", "cache", "past_key_values", "past_key_value")
-
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        i = index[id(module)]
-        if i == 0:
-            states.append((args[0] if args else kwargs["hidden_states"]).detach().float())
-        if len(per_block) == i:  # first window: record every block's own arguments
-            per_block.append({k: v for k, v in kwargs.items() if k not in drop} | {"use_cache": False})
-        if len(per_block) == len(blocks):
-            raise _Stop
-
-    handles = [b.register_forward_pre_hook(hook, with_kwargs=True) for b in blocks]
-    try:
-        for row in input_ids:
-            with contextlib.suppress(_Stop):
-                model(input_ids=row[None], use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.cat(states), per_block
-
-
-def _run(block: nn.Module, x: Tensor, kw: dict[str, Any]) -> Tensor:
-    out = block(x, **kw)
-    return out[0] if isinstance(out, tuple) else out
+def capture_block_inputs(model: nn.Module, input_ids: Tensor) -> tuple[Tensor, list[dict[str, Any]]]:
+    """Hidden states entering the first block ``[n, L, H]`` and each block's keyword arguments (captured at
+    batch size 1, they broadcast over a batch; :func:`mbq_onnx.model.surgery.capture_layer_inputs`)."""
+    hidden, kwargs = capture_layer_inputs(model, [row[None] for row in input_ids])
+    return torch.cat(hidden), kwargs[0]
 
 
 @torch.no_grad()
 def _map_batches(block: nn.Module, x: Tensor, kw: dict[str, Any], batch: int) -> Tensor:
-    return torch.cat([_run(block, x[i : i + batch], kw) for i in range(0, x.shape[0], batch)])
+    return torch.cat([layer_output(block, x[i : i + batch], kw) for i in range(0, x.shape[0], batch)])
 
 
 class _CountStats:
@@ -175,7 +134,7 @@ class _BlockCalibrator:
                 router = SliceRouter(linear.in_features, spec.num_slices, cfg.router_hidden)
             wrapped = CalibLinear(linear, spec, router, train_tau=cfg.train_tau, grad_dtype=grad_dtype)
             self.wrapped[name] = wrapped
-            _set_submodule(block, name, wrapped)
+            set_submodule(block, name, wrapped)
         self.block_router: SliceRouter | None = None
         self._hook = None
         if train_routers and cfg.router == "block":
@@ -221,7 +180,7 @@ class _BlockCalibrator:
         if routed:
             xs.append(inputs[max(self.precisions)][idx])
         self.set_mode(chunks, use_lwc)
-        return list(_run(self.block, torch.cat(xs), self.kw).chunk(len(chunks)))
+        return list(layer_output(self.block, torch.cat(xs), self.kw).chunk(len(chunks)))
 
     # -- training
     def _objective(
@@ -408,7 +367,7 @@ class _BlockCalibrator:
         if self._hook is not None:
             self._hook.remove()
         for name, linear in self.originals.items():
-            _set_submodule(self.block, name, linear)
+            set_submodule(self.block, name, linear)
 
 
 def calibrate_blocks(
@@ -453,7 +412,7 @@ def calibrate_blocks(
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    fp_in, block_kwargs = capture_block_inputs(model, blocks, input_ids)
+    fp_in, block_kwargs = capture_block_inputs(model, input_ids)
     streams = {k: fp_in for k in precs}
     stats = _CountStats(cfg.tau_grid, spec) if train_routers else None
     params: dict[str, tuple[Tensor, Tensor]] = {}

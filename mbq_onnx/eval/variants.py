@@ -29,8 +29,9 @@ from mbq_onnx.baselines import (
 )
 from mbq_onnx.export.routers import grouped_routers
 from mbq_onnx.model.artifact import Artifact, build_model
-from mbq_onnx.model.linear import MixedBitLinear, decoder_layers, iter_mixed_bit_linears
+from mbq_onnx.model.linear import MixedBitLinear, iter_mixed_bit_linears
 from mbq_onnx.model.routing import RandomCounts, RoutingContext
+from mbq_onnx.model.surgery import decoder_layers
 from mbq_onnx.quant.spec import QuantSpec
 
 from .methods import label

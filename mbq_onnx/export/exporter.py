@@ -115,7 +115,8 @@ def write_config(dst: Path, config: dict[str, Any]) -> None:
 def dequantize_model(model: nn.Module, n_slices: int) -> nn.Module:
     """Replace every MixedBitLinear (in place) by an ``nn.Linear`` holding its weights at ``n_slices`` slices,
     and remove all routers: a standard float model with the quantized model's numbers."""
-    from ..model.linear import _set_submodule, decoder_layers, iter_mixed_bit_linears
+    from ..model.linear import iter_mixed_bit_linears
+    from ..model.surgery import decoder_layers, set_submodule
 
     for name, m in list(iter_mixed_bit_linears(model)):
         linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
@@ -123,7 +124,7 @@ def dequantize_model(model: nn.Module, n_slices: int) -> nn.Module:
             linear.weight.copy_(m.dequantized_weight(n_slices))
             if m.bias is not None:
                 linear.bias.copy_(m.bias)
-        _set_submodule(model, name, linear)
+        set_submodule(model, name, linear)
     for layer in decoder_layers(model):
         hook = getattr(layer, "_mbq_router_hook", None)
         if hook is not None:

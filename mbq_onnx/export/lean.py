@@ -40,7 +40,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from ..model.linear import MixedBitLinear, decoder_layers
+from ..model.linear import MixedBitLinear
+from ..model.surgery import decoder_layers
 from ..quant.packing import pack, unpack
 from ..quant.residual import minmax_params, quantize_linear
 from ..quant.spec import QuantSpec

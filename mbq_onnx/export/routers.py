@@ -39,8 +39,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..model.linear import MixedBitLinear, decoder_layers
+from ..model.linear import MixedBitLinear
 from ..model.routing import RoutingContext, SliceRouter, attach_block_router
+from ..model.surgery import decoder_layers
 
 OP_NAME = "mbq::router_counts"
 

@@ -3,7 +3,6 @@
 from .artifact import Artifact, ArtifactError, build_model, load_artifact, save_artifact
 from .linear import (
     MixedBitLinear,
-    decoder_layers,
     decoder_linear_names,
     iter_mixed_bit_linears,
     quantize_model,
@@ -11,6 +10,7 @@ from .linear import (
 )
 from .ops import mixed_bit_matmul
 from .routing import RandomCounts, RoutingContext, SliceRouter, slice_counts, slice_gates
+from .surgery import capture_layer_inputs, decoder_layers, set_submodule
 
 __all__ = [
     "Artifact",
@@ -20,6 +20,7 @@ __all__ = [
     "RoutingContext",
     "SliceRouter",
     "build_model",
+    "capture_layer_inputs",
     "decoder_layers",
     "decoder_linear_names",
     "iter_mixed_bit_linears",
@@ -27,6 +28,7 @@ __all__ = [
     "mixed_bit_matmul",
     "quantize_model",
     "save_artifact",
+    "set_submodule",
     "set_weight_cache",
     "slice_counts",
     "slice_gates",

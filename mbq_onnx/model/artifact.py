@@ -24,13 +24,11 @@ from ..quant.spec import QuantSpec
 from .linear import (
     GRANULARITIES,
     MixedBitLinear,
-    _layers_prefix,
-    _set_submodule,
     block_key_of,
-    decoder_layers,
     iter_mixed_bit_linears,
 )
 from .routing import DEFAULT_HIDDEN, RoutingContext, SliceRouter, attach_block_router
+from .surgery import decoder_layers, decoder_layers_name, set_submodule
 
 FORMAT = "mbq-artifact"
 FORMAT_VERSION = 1
@@ -346,7 +344,7 @@ def build_model(
             else None
         )
         block_key = block_key_of(name, model) if artifact.granularity == "block" else None
-        _set_submodule(
+        set_submodule(
             model,
             name,
             MixedBitLinear(
@@ -354,7 +352,7 @@ def build_model(
             ),
         )
     if artifact.granularity == "block":
-        prefix = _layers_prefix(model)
+        prefix = decoder_layers_name(model)
         for i, layer in enumerate(decoder_layers(model)):
             attach_block_router(
                 layer,

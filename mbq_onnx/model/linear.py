@@ -12,6 +12,7 @@ from ..quant.residual import dequantize_codes, minmax_params, quantize_linear
 from ..quant.spec import QuantSpec
 from . import ops
 from .routing import DEFAULT_HIDDEN, RoutingContext, SliceRouter, attach_block_router, routed_counts
+from .surgery import decoder_layers, decoder_layers_name, set_submodule
 
 Granularity = str  # "linear" | "block" | "none"
 GRANULARITIES = ("linear", "block", "none")
@@ -134,32 +135,10 @@ class MixedBitLinear(nn.Module):
         )
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a transformers causal LM (``model.model.layers`` for LLaMA/Qwen2/Mistral…)."""
-    base = getattr(model, "model", None)
-    layers = getattr(base, "layers", None)
-    if isinstance(layers, nn.ModuleList):
-        return layers
-    for name, module in model.named_modules():
-        if name.endswith("layers") and isinstance(module, nn.ModuleList) and len(module):
-            return module
-    raise ValueError(
-        f"cannot find the decoder layers (a ModuleList named '*layers') in {type(model).__name__}"
-    )
-
-
-def _layers_prefix(model: nn.Module) -> str:
-    layers = decoder_layers(model)
-    for name, module in model.named_modules():
-        if module is layers:
-            return name
-    raise AssertionError("unreachable")
-
-
 def decoder_linear_names(model: nn.Module) -> list[str]:
     """Names of the ``nn.Linear`` layers inside the decoder layers (attention q/k/v/o, MLP gate/up/down, …),
     in forward order; never ``lm_head``, embeddings or routers."""
-    prefix = _layers_prefix(model)
+    prefix = decoder_layers_name(model)
     return [
         f"{prefix}.{name}"
         for name, m in decoder_layers(model).named_modules()
@@ -169,14 +148,9 @@ def decoder_linear_names(model: nn.Module) -> list[str]:
 
 def block_key_of(name: str, model: nn.Module) -> str:
     """The decoder-layer name (e.g. ``model.layers.3``) a module name belongs to."""
-    prefix = _layers_prefix(model)
+    prefix = decoder_layers_name(model)
     rest = name[len(prefix) + 1 :]
     return f"{prefix}.{rest.split('.', 1)[0]}"
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def iter_mixed_bit_linears(model: nn.Module) -> Iterator[tuple[str, MixedBitLinear]]:
@@ -230,9 +204,9 @@ def quantize_model(
             new = MixedBitLinear.from_float(
                 linear, spec, scale, zero, router=router, ctx=ctx, block_key=block_key
             )
-            _set_submodule(model, name, new)
+            set_submodule(model, name, new)
         if granularity == "block":
-            prefix = _layers_prefix(model)
+            prefix = decoder_layers_name(model)
             hidden_size = model.config.hidden_size
             for i, layer in enumerate(decoder_layers(model)):
                 key = f"{prefix}.{i}"

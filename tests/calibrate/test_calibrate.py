@@ -178,12 +178,13 @@ def test_train_tau_of_the_config_drives_the_routed_gates(tiny_llama, router):
 @pytest.mark.parametrize("router", ["linear", "block"])
 def test_one_stacked_forward_equals_a_forward_per_mode(tiny_llama, router):
     """``mode=(1, 2, 3, "routed")`` on the concatenated streams gives each mode's own output and gradient."""
-    from mbq_onnx.calibrate.engine import _BlockCalibrator, _run, capture_block_inputs
+    from mbq_onnx.calibrate.engine import _BlockCalibrator, capture_block_inputs
     from mbq_onnx.calibrate.trainable import ROUTED
+    from mbq_onnx.model.surgery import layer_output
 
     torch.manual_seed(0)
     model = tiny_llama(seed=0)
-    _, kwargs = capture_block_inputs(model, model.model.layers, _ids(n=1, seqlen=16))
+    _, kwargs = capture_block_inputs(model, _ids(n=1, seqlen=16))
     block, kw = model.model.layers[0], kwargs[0]
     for p in block.parameters():
         p.requires_grad_(False)
@@ -201,7 +202,7 @@ def test_one_stacked_forward_equals_a_forward_per_mode(tiny_llama, router):
     single = []
     for mode, x in ((1, streams[1]), (2, streams[2]), (3, streams[3]), (ROUTED, streams[3])):
         cal.set_mode(mode)
-        single.append(_run(block, x, kw))
+        single.append(layer_output(block, x, kw))
     grad_single = torch.autograd.grad(sum(o.square().sum() for o in single), cal.parameters("lwc"))
     for got, want in zip(stacked, single, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
