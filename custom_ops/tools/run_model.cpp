@@ -3,7 +3,7 @@
 // A small, dependency-free C++ driver for the ORT C++ API, used to run the kernel tests where
 // Python cannot go (e.g. the cross-built linux-aarch64 library under qemu-user).
 //
-//   mbq_run_model [--ops LIB.so] [--threads N] [--outputs NAME] CASE_DIR...
+//   mbq_run_model [--ops LIB.so] [--threads N] [--outputs NAME] [--repeat R] [--mark] CASE_DIR...
 //
 // Each CASE_DIR holds `model.onnx` and `inputs/<input name>.npy` (one per graph input).
 // The runner writes `<NAME>/<output name>.npy` (NAME defaults to `outputs`), or `<NAME>/error.txt`
@@ -12,9 +12,20 @@
 // Exit status: 0 when every case ran (or failed with a recorded ORT error), 2 on usage or I/O
 // errors. (The op library's kernel choice follows env MBQ_KERNEL; see custom_ops/README.md.)
 //
+// --repeat R runs each case's session R times (outputs come from the last run). --mark brackets every
+// run with marker system calls for the instruction-counting QEMU plugin (custom_ops/tools/
+// insn_count_plugin.c, used by tools/bench_arm_insn.py): begin/end with tag = case index * 65536 + run
+// index, and once, before the first case, the executable address ranges of the op library (range id 1)
+// and of libonnxruntime (id 2). Without the plugin the marker calls just fail with ENOSYS.
+//
 // Supported .npy dtypes: float32, float64, int64, int32, uint8, int8, bool; C order, little endian.
 
 #include <sys/stat.h>
+#if defined(__linux__)
+#include <link.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <cerrno>
 #include <cstdint>
@@ -149,7 +160,47 @@ void write_text(const std::string& path, const std::string& text) {
 
 bool make_dir(const std::string& path) { return ::mkdir(path.c_str(), 0755) == 0 || errno == EEXIST; }
 
-void run_case(Ort::Env& env, const Ort::SessionOptions& options, const std::string& dir, const std::string& outputs) {
+// Marker system calls for custom_ops/tools/insn_count_plugin.c (a number Linux does not define: ENOSYS).
+constexpr long kMarkSyscall = 0x4d4251;
+enum MarkCommand : long { kMarkBegin = 1, kMarkEnd = 2, kMarkRange = 3 };
+
+void mark(long command, unsigned long a, unsigned long b = 0, unsigned long c = 0) {
+#if defined(__linux__)
+  syscall(kMarkSyscall, command, a, b, c);
+#else
+  (void)command, (void)a, (void)b, (void)c;
+#endif
+}
+
+// Declares the executable segments of every loaded object whose path contains "libmbq_ops" (id 1) or
+// "libonnxruntime" (id 2).
+void mark_library_ranges() {
+#if defined(__linux__)
+  dl_iterate_phdr(
+      [](struct dl_phdr_info* info, size_t, void*) {
+        const char* name = info->dlpi_name ? info->dlpi_name : "";
+        const unsigned long id = std::strstr(name, "libmbq_ops") ? 1 : std::strstr(name, "libonnxruntime") ? 2 : 0;
+        if (!id) return 0;
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const auto& ph = info->dlpi_phdr[i];
+          if (ph.p_type == PT_LOAD && (ph.p_flags & PF_X))
+            mark(kMarkRange, id, info->dlpi_addr + ph.p_vaddr, info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
+        }
+        return 0;
+      },
+      nullptr);
+#endif
+}
+
+struct RunConfig {
+  std::string outputs = "outputs";
+  int repeat = 1;
+  bool marks = false;
+};
+
+void run_case(Ort::Env& env, const Ort::SessionOptions& options, const std::string& dir, const RunConfig& config,
+              unsigned long case_index) {
+  const std::string& outputs = config.outputs;
   const std::string out_dir = dir + "/" + outputs;
   if (!make_dir(out_dir)) throw std::runtime_error(out_dir + ": cannot create");
   std::remove((out_dir + "/error.txt").c_str());
@@ -174,8 +225,15 @@ void run_case(Ort::Env& env, const Ort::SessionOptions& options, const std::stri
     std::vector<const char*> in_ptrs, out_ptrs;
     for (auto& n : in_names) in_ptrs.push_back(n.c_str());
     for (auto& n : out_names) out_ptrs.push_back(n.c_str());
-    auto results = session.Run(Ort::RunOptions{nullptr}, in_ptrs.data(), inputs.data(), inputs.size(),
-                               out_ptrs.data(), out_ptrs.size());
+    std::vector<Ort::Value> results;
+    for (int r = 0; r < config.repeat; ++r) {
+      results.clear();
+      const unsigned long tag = case_index * 65536 + static_cast<unsigned long>(r);
+      if (config.marks) mark(kMarkBegin, tag);
+      results = session.Run(Ort::RunOptions{nullptr}, in_ptrs.data(), inputs.data(), inputs.size(), out_ptrs.data(),
+                            out_ptrs.size());
+      if (config.marks) mark(kMarkEnd, tag);
+    }
     for (size_t i = 0; i < results.size(); ++i) {
       auto info = results[i].GetTensorTypeAndShapeInfo();
       const DType& dt = dtype_from_onnx(info.GetElementType());
@@ -189,16 +247,18 @@ void run_case(Ort::Env& env, const Ort::SessionOptions& options, const std::stri
 }
 
 int usage(const char* argv0) {
-  std::cerr << "usage: " << argv0 << " [--ops LIB.so] [--threads N] [--outputs NAME] CASE_DIR...\n"
+  std::cerr << "usage: " << argv0 << " [--ops LIB.so] [--threads N] [--outputs NAME] [--repeat R] [--mark] CASE_DIR...\n"
             << "  CASE_DIR holds model.onnx and inputs/<name>.npy; outputs go to CASE_DIR/NAME/"
-            << " (default: outputs)\n";
+            << " (default: outputs)\n"
+            << "  --repeat R: run each case R times; --mark: marker syscalls for insn_count_plugin\n";
   return 2;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string ops_lib, outputs = "outputs";
+  std::string ops_lib;
+  RunConfig config;
   int threads = 1;
   std::vector<std::string> cases;
   for (int i = 1; i < argc; ++i) {
@@ -206,7 +266,11 @@ int main(int argc, char** argv) {
     if (arg == "--ops" && i + 1 < argc) {
       ops_lib = argv[++i];
     } else if (arg == "--outputs" && i + 1 < argc) {
-      outputs = argv[++i];
+      config.outputs = argv[++i];
+    } else if (arg == "--repeat" && i + 1 < argc) {
+      config.repeat = std::atoi(argv[++i]);
+    } else if (arg == "--mark") {
+      config.marks = true;
     } else if (arg == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
     } else if (arg == "-h" || arg == "--help" || arg.rfind("--", 0) == 0) {
@@ -215,7 +279,8 @@ int main(int argc, char** argv) {
       cases.push_back(arg);
     }
   }
-  if (cases.empty() || threads < 1 || outputs.empty() || outputs.find('/') != std::string::npos) {
+  if (cases.empty() || threads < 1 || config.repeat < 1 || config.outputs.empty() ||
+      config.outputs.find('/') != std::string::npos) {
     return usage(argv[0]);
   }
 
@@ -224,10 +289,12 @@ int main(int argc, char** argv) {
     Ort::SessionOptions options;
     options.SetIntraOpNumThreads(threads);
     if (!ops_lib.empty()) options.RegisterCustomOpsLibrary(ops_lib.c_str());
+    if (config.marks) mark_library_ranges();
     int failed = 0;
-    for (const auto& dir : cases) {
+    for (size_t c = 0; c < cases.size(); ++c) {
+      const std::string& dir = cases[c];
       try {
-        run_case(env, options, dir, outputs);
+        run_case(env, options, dir, config, c);
         std::cout << dir << ": ok\n";
       } catch (const Ort::Exception& e) {
         ++failed;
