@@ -57,7 +57,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import qemu_arm64
 from onnx import TensorProto, helper, numpy_helper
+from qemu_arm64 import FAKE_CPU_SCRIPT, QEMU, SYSROOT
 
 from mbq_onnx.atomic import replace_file, write_file
 from mbq_onnx.quant.spec import QuantSpec
@@ -65,8 +67,6 @@ from mbq_onnx.quant.spec import QuantSpec
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_SRC = REPO_ROOT / "custom_ops" / "tools" / "insn_count_plugin.c"
 CHECK_SRC = REPO_ROOT / "custom_ops" / "tools" / "insn_count_check.c"
-SYSROOT = "/usr/aarch64-linux-gnu"
-QEMU = "qemu-aarch64"
 CROSS_CC = "aarch64-linux-gnu-gcc"
 GROUP = 128
 BITS = (4, 2, 2)
@@ -88,33 +88,14 @@ CPU_KERNEL = {
 RERUNS = 2  # extra attempts for a case without an exclusive measured window
 CHECK_CPU = "cortex-a76"  # the check program uses SDOT; the counter itself does not depend on the CPU model
 DOT_FAMILY = ("sdot", "udot", "usdot", "sudot", "smmla", "ummla", "usmmla")
-# Fake a one-CPU sysfs in a private mount namespace, then exec the command ("$@" after the mount point);
-# the same as tests/kernel/test_qemu_arm64.py.
-FAKE_CPU_SCRIPT = (
-    'set -e; d="$1"; shift; mount -t tmpfs none "$d"; printf "0\\n" >"$d/possible"; '
-    'printf "0\\n" >"$d/present"; mount --bind "$d" /sys/devices/system/cpu; exec "$@"'
-)
 
 
 def missing_requirement() -> str | None:
     """Why this tool cannot run here, or None."""
-    if not sys.platform.startswith("linux"):
-        return "needs Linux (qemu-user, mount namespaces)"
-    if os.geteuid() != 0:
-        return "needs root: a private mount namespace hides the host CPU topology from ORT's cpuinfo"
-    tools = (
-        (QEMU, "qemu-user"),
-        ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
-        (CROSS_CC, "gcc-aarch64-linux-gnu"),
-        ("cc", "gcc"),
-        ("unshare", "util-linux"),
-        ("cmake", "cmake"),
-    )
-    for tool, package in tools:
-        if shutil.which(tool) is None:
-            return f"{tool} not found (Debian package {package})"
-    if not Path(SYSROOT, "lib").is_dir():
-        return f"{SYSROOT} missing (Debian package g++-aarch64-linux-gnu)"
+    if (
+        why := qemu_arm64.missing_requirement(((CROSS_CC, "gcc-aarch64-linux-gnu"), ("cc", "gcc")))
+    ) is not None:
+        return why
     if "-plugin" not in subprocess.run([QEMU, "-h"], capture_output=True, text=True).stdout:
         return f"{QEMU} was built without TCG plugin support"
     return None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +30,9 @@ from cases import SLICE_CONFIGS, Case, Weights, make_model, standard_cases
 from router_cases import assert_counts_match
 from router_cases import fuzz_cases as router_fuzz_cases
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from qemu_arm64 import FAKE_CPU_SCRIPT, QEMU, SYSROOT, missing_requirement
+
 from mbq_onnx.quant.reference import mixed_bit_matmul
 from mbq_onnx.quant.spec import QuantSpec
 
@@ -38,40 +40,15 @@ pytestmark = pytest.mark.qemu
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = REPO_ROOT / "tests" / "golden" / "packed_layout.json"
-SYSROOT = "/usr/aarch64-linux-gnu"  # Debian's aarch64 libc/libstdc++ (g++-aarch64-linux-gnu)
-QEMU = "qemu-aarch64"
 CPU_V80 = "cortex-a53"  # ARMv8.0-A: NEON, no DotProd
 CPU_MAX = "max"  # all features qemu emulates, incl. DotProd
 # onnx writes its newest IR version; the SDK's arm64 ORT (1.30) reads up to IR 13, opset 20 needs >= 9.
 IR_VERSION = 10
-# Fake a one-CPU sysfs in a private mount namespace, then exec the command ("$@" after the mount point).
-FAKE_CPU_SCRIPT = (
-    'set -e; d="$1"; shift; mount -t tmpfs none "$d"; printf "0\\n" >"$d/possible"; '
-    'printf "0\\n" >"$d/present"; mount --bind "$d" /sys/devices/system/cpu; exec "$@"'
-)
 FLOAT_TOL = 2e-5  # max abs error / output scale, float32 kernels vs float64 reference (as on x86)
 Q8_TOL = 3e-2  # int8 activations vs the float64 reference
 
 
-def _missing_requirement() -> str | None:
-    if not sys.platform.startswith("linux"):
-        return "needs Linux (qemu-user, mount namespaces)"
-    if os.geteuid() != 0:
-        return "needs root: a private mount namespace hides the host CPU topology from ORT's cpuinfo"
-    tools = (
-        (QEMU, "qemu-user"),
-        ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
-        ("unshare", "util-linux"),
-    )
-    for tool, package in (*tools, ("cmake", "cmake")):
-        if shutil.which(tool) is None:
-            return f"{tool} not found (Debian package {package})"
-    if not Path(SYSROOT, "lib").is_dir():
-        return f"{SYSROOT} missing (Debian package g++-aarch64-linux-gnu)"
-    return None
-
-
-_REASON = _missing_requirement()
+_REASON = missing_requirement()
 if _REASON:
     pytest.skip(_REASON, allow_module_level=True)
 
