@@ -157,8 +157,8 @@ def test_perplexity_through_ort_matches_torch(pipeline):
 def test_calibration_and_gptq_give_each_block_its_own_mask(pipeline):
     """The block arguments captured for calibration (and GPTQ) reproduce the model's own forward through
     every block, also across a sliding-window layer."""
-    from mbq_onnx.baselines.gptq import _capture_first_block_inputs
     from mbq_onnx.calibrate.engine import capture_block_inputs, decoder_blocks
+    from mbq_onnx.model.surgery import capture_layer_inputs
 
     model, _ = load_model(pipeline.hf_dir)
     _, blocks = decoder_blocks(model)
@@ -170,8 +170,8 @@ def test_calibration_and_gptq_give_each_block_its_own_mask(pipeline):
             model(input_ids=row[None], use_cache=False)
     handle.remove()
     expected = torch.cat(seen)
-    hidden, per_block = capture_block_inputs(model, blocks, ids)
-    g_hidden, g_kwargs = _capture_first_block_inputs(model, [row[None] for row in ids])
+    hidden, per_block = capture_block_inputs(model, ids)
+    g_hidden, g_kwargs = capture_layer_inputs(model, [row[None] for row in ids])  # as GPTQ captures
     with torch.no_grad():
         for i, block in enumerate(blocks):
             hidden = block(hidden, **per_block[i])
