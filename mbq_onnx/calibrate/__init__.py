@@ -79,6 +79,8 @@ def write_artifact(
     from ..model import quantize_model, save_artifact
 
     quantized = copy.deepcopy(model)
+    for name, w in result.weights.items():  # error-feedback weights: their codes are the chosen ones
+        quantized.get_submodule(name).weight.data.copy_(w.to(quantized.get_submodule(name).weight.dtype))
     routers = {name: copy.deepcopy(r) for name, r in result.routers.items()}
     quantize_model(
         quantized,

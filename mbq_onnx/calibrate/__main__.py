@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", help="calibrate only these slice counts, e.g. 1 (bit-specific baseline)")
     p.add_argument("--holdout", type=int, help="held-out windows for early stopping and the guard")
     p.add_argument("--grad-dtype", choices=GRAD_DTYPES, help="backward matmuls (auto: bf16 if native)")
+    p.add_argument(
+        "--error-feedback",
+        help="GPTQ-style error-feedback exponents tried per block, e.g. 0.75,1; the held-out windows keep "
+        "the best or none (default none: codes by rounding on the learned clipping)",
+    )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -79,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"--precisions {args.precisions!r}: expected slice counts such as 1 or 1,3")
         if any(not 1 <= k <= spec.num_slices for k in precisions):
             return _fail(f"--precisions {args.precisions}: slice counts must lie within 1..{spec.num_slices}")
+    error_feedback = None
+    if args.error_feedback is not None:
+        if args.error_feedback.strip().lower() == "none":
+            error_feedback = ()
+        else:
+            try:
+                error_feedback = tuple(float(x) for x in args.error_feedback.split(","))
+            except ValueError:
+                return _fail(
+                    f"--error-feedback {args.error_feedback!r}: expected exponents such as 0.5,1 or none"
+                )
     try:
         cfg = PRESETS[args.preset].with_overrides(
             samples=args.samples,
@@ -89,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             router=args.router,
             holdout=args.holdout,
             grad_dtype=args.grad_dtype,
+            error_feedback=error_feedback,
             seed=args.seed,
         )
     except ValueError as e:

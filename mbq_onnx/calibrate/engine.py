@@ -33,6 +33,7 @@ from ..model.surgery import (
 from ..quant import residual
 from ..quant.spec import QuantSpec
 from .config import CalibConfig
+from .error_feedback import error_feedback_weight
 from .matmul import resolve_grad_dtype
 from .trainable import ROUTED, CalibLinear, Mode
 
@@ -43,6 +44,8 @@ class CalibrationResult:
 
     ``params[name] = (scale, zero)`` (each ``[N, G]``) per decoder linear; ``routers`` by linear name
     (granularity ``"linear"``) or block name such as ``model.layers.0`` (``"block"``); empty for ``"none"``.
+    ``weights[name]``: the weight a linear's codes are taken from where it is not the model's own (error
+    feedback, :mod:`.error_feedback`); see :meth:`weight_of`.
     """
 
     spec: QuantSpec
@@ -52,6 +55,13 @@ class CalibrationResult:
     router_hidden: int
     tau_table: list[dict[str, float]]
     report: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Tensor] = field(default_factory=dict)
+
+    def weight_of(self, name: str, model: nn.Module) -> Tensor:
+        """The float weight ``[N, K]`` whose codes (on ``params[name]``'s grid) linear ``name`` stores."""
+        if name in self.weights:
+            return self.weights[name]
+        return model.get_submodule(name).weight.detach().float()
 
 
 def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -328,6 +338,56 @@ class _BlockCalibrator:
                 return final, alpha
         return final, 0.0
 
+    # -- error feedback
+    @torch.no_grad()
+    def input_hessians(self, inputs: dict[int, Tensor], idx: Tensor) -> dict[str, list[Tensor]]:
+        """``XᵀX`` of every linear's inputs, per precision (each on its own stream, at its slice count)."""
+        k_in = {n: w.in_features for n, w in self.wrapped.items()}
+        sums = {n: [torch.zeros(k, k, dtype=torch.float64) for _ in self.precisions] for n, k in k_in.items()}
+
+        def hook(name: str):
+            def add(_module: nn.Module, args: tuple) -> None:
+                for p, x in enumerate(args[0].chunk(len(self.precisions))):
+                    x = x.reshape(-1, x.shape[-1])
+                    sums[name][p] += (x.T @ x).double()
+
+            return add
+
+        handles = [w.register_forward_pre_hook(hook(n)) for n, w in self.wrapped.items()]
+        try:
+            for i in range(0, len(idx), self.cfg.batch_size):
+                self._forward_all(inputs, idx[i : i + self.cfg.batch_size], self.precisions, routed=False)
+        finally:
+            for h in handles:
+                h.remove()
+            self.set_mode(None)
+        return {n: [h.float() for h in hs] for n, hs in sums.items()}
+
+    @torch.no_grad()
+    def error_feedback(self, hessians: dict[str, list[Tensor]], exponent: float) -> None:
+        """Replace every linear's weight by its error-feedback weight on the current (learned) grid, with
+        precision weights ``λ_k = 4^(exponent·(c_k - c_1))`` over the calibrated precisions."""
+        spec = self.spec
+        c1 = spec.bits_at(min(self.precisions))
+        lam = [
+            4.0 ** (exponent * (spec.bits_at(k) - c1)) if k in self.precisions else 0.0
+            for k in range(1, spec.num_slices + 1)
+        ]
+        for name, w in self.wrapped.items():
+            hs = hessians[name]  # per calibrated precision; an uncalibrated one (λ = 0) borrows the first
+            per_k = [
+                hs[self.precisions.index(k)] if k in self.precisions else hs[0]
+                for k in range(1, len(lam) + 1)
+            ]
+            scale, zero = w.quant_params()
+            w.weight.copy_(error_feedback_weight(self.originals[name].weight, per_k, scale, zero, spec, lam))
+
+    @torch.no_grad()
+    def reset_weights(self) -> None:
+        """Back to each linear's own float weight (no error feedback)."""
+        for name, w in self.wrapped.items():
+            w.weight.copy_(self.originals[name].weight.detach().float())
+
     # -- results
     @torch.no_grad()
     def propagate(self, inputs: dict[int, Tensor], stats: _CountStats | None) -> dict[int, Tensor]:
@@ -350,24 +410,67 @@ class _BlockCalibrator:
         return {k: torch.cat(v) for k, v in outs.items()}
 
     @torch.no_grad()
-    def export(self) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, SliceRouter]]:
+    def export(
+        self,
+    ) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, SliceRouter], dict[str, Tensor]]:
+        """``(params, routers, weights)`` by full linear name; ``weights`` only where error feedback changed
+        a weight."""
         params: dict[str, tuple[Tensor, Tensor]] = {}
         routers: dict[str, SliceRouter] = {}
+        weights: dict[str, Tensor] = {}
         for name, w in self.wrapped.items():
             scale, zero = w.quant_params()
             full = f"{self.block_name}.{name}"
             params[full] = (scale.detach().clone(), torch.round(zero.detach()).clone())
+            if not torch.equal(w.weight, self.originals[name].weight.detach().float()):
+                weights[full] = w.weight.detach().clone()
             if w.router is not None:
                 routers[full] = w.router.requires_grad_(False).eval()
         if self.block_router is not None:
             routers[self.block_name] = self.block_router.requires_grad_(False).eval()
-        return params, routers
+        return params, routers, weights
 
     def restore(self) -> None:
         if self._hook is not None:
             self._hook.remove()
         for name, linear in self.originals.items():
             set_submodule(self.block, name, linear)
+
+
+def _relative(losses: dict[int, float], rtn: dict[int, float]) -> float:
+    return sum(v / max(rtn[k], 1e-30) for k, v in losses.items())
+
+
+def _choose_error_feedback(
+    cal: _BlockCalibrator,
+    streams: dict[int, Tensor],
+    target: Tensor,
+    train_idx: Tensor,
+    guard_idx: Tensor,
+    rtn: dict[int, float],
+    losses: dict[int, float],
+) -> dict[str, Any]:
+    """Try error feedback at each of ``cfg.error_feedback``'s exponents on the learned grid and keep the
+    weights (or none) with the lowest ``Σ_k MSE_k / RTN_k`` on the guard windows among those that keep every
+    precision at most at its RTN MSE there. Returns the block report entry (with the kept ``losses``)."""
+    exponents = cal.cfg.error_feedback
+    entry: dict[str, Any] = {"exponent": None, "objective": {"none": _relative(losses, rtn)}}
+    if not exponents:
+        return {**entry, "losses": losses}
+    hessians = cal.input_hessians(streams, train_idx)
+    best = (entry["objective"]["none"], None, losses)
+    for p in exponents:
+        cal.error_feedback(hessians, p)
+        got = cal.losses(streams, target, guard_idx, use_lwc=True)
+        entry["objective"][str(p)] = obj = _relative(got, rtn)
+        if obj < best[0] and all(got[k] <= rtn[k] for k in got):
+            best = (obj, p, got)
+    if best[1] is None:
+        cal.reset_weights()
+    elif best[1] != exponents[-1]:
+        cal.error_feedback(hessians, best[1])
+    entry["exponent"] = best[1]
+    return {**entry, "losses": best[2]}
 
 
 def calibrate_blocks(
@@ -417,6 +520,7 @@ def calibrate_blocks(
     stats = _CountStats(cfg.tau_grid, spec) if train_routers else None
     params: dict[str, tuple[Tensor, Tensor]] = {}
     routers: dict[str, SliceRouter] = {}
+    weights: dict[str, Tensor] = {}
     block_reports = []
     bar = tqdm(range(len(blocks)), desc="calibrating blocks", unit="block", disable=not progress)
     for i in bar:
@@ -438,14 +542,17 @@ def calibrate_blocks(
             alpha = 1.0
             if cfg.guard:
                 final, alpha = cal.guard(streams, fp_out, guard_idx, guard_rtn, final)
+            feedback = _choose_error_feedback(cal, streams, fp_out, train_idx, guard_idx, guard_rtn, final)
+            final = feedback.pop("losses")
             streams = cal.propagate(streams, stats)
-            got_params, got_routers = cal.export()
+            got_params, got_routers, got_weights = cal.export()
         finally:
             cal.restore()
             for p, r in zip(block.parameters(), requires, strict=True):
                 p.requires_grad_(r)
         params.update(got_params)
         routers.update(got_routers)
+        weights.update(got_weights)
         fp_in = fp_out
         block_reports.append(
             {
@@ -457,6 +564,7 @@ def calibrate_blocks(
                 "train_calibrated_mse": {str(k): v for k, v in train_final.items()},
                 "train_loss": history,
                 "guard_alpha": alpha,
+                "error_feedback": feedback,
                 "seconds": round(time.perf_counter() - tb, 3),
             }
         )
@@ -476,7 +584,14 @@ def calibrate_blocks(
         "seconds_total": round(time.perf_counter() - t0, 3),
     }
     return CalibrationResult(
-        spec, params, routers, cfg.router if train_routers else "none", cfg.router_hidden, tau_table, report
+        spec,
+        params,
+        routers,
+        cfg.router if train_routers else "none",
+        cfg.router_hidden,
+        tau_table,
+        report,
+        weights,
     )
 
 
@@ -486,7 +601,7 @@ def fake_quantize_model(model: nn.Module, result: CalibrationResult, n_slices: i
     spec = result.spec
     for name, (scale, zero) in result.params.items():
         linear = model.get_submodule(name)
-        w = linear.weight.detach().float()
+        w = result.weight_of(name, model)
         codes = residual.quantize_codes(w, scale, zero, spec)
         w_k = residual.dequantize_codes(codes, scale, zero, spec, n_slices)
         linear.weight.copy_(w_k.to(linear.weight.dtype))
