@@ -79,7 +79,7 @@ class Row:
 
 def _ours(args, settings, ids) -> tuple[list[Row], dict]:
     from mbq_onnx import assets
-    from mbq_onnx.eval.ort_rows import OrtModel, prepare_exports
+    from mbq_onnx.eval.ort_rows import INT8_EXPORT, OrtModel, prepare_exports
     from mbq_onnx.eval.peers import ort_perplexity
     from mbq_onnx.eval.speed import measure_speed
     from mbq_onnx.eval.variants import load_mobiquant, routed_weights
@@ -93,7 +93,7 @@ def _ours(args, settings, ids) -> tuple[list[Row], dict]:
     model, ctx = load_mobiquant(artifact)
     weights = routed_weights(model, ctx, artifact.spec)
     mixed = OrtModel(dirs["mixed-bit"], weights)
-    mixed_int8 = OrtModel(dirs["mixed-bit-int8act"], weights)
+    mixed_int8 = OrtModel(dirs[INT8_EXPORT], weights)
     head = "" if args.lm_head == "float" else f", {args.lm_head} LM head"
     runs = [
         ("float32", "ort", OrtModel(dirs["float32"]), {}),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mbq_onnx.model.artifact import tau_table_bits as table_bits
 
 from .methods import BASELINES, METHOD_KEYS, METHODS, Variant, method
-from .ort_rows import DEFAULT_TOLERANCE
+from .ort_rows import DEFAULT_TOLERANCE, fingerprint
 from .perplexity import DEFAULT_MAX_WINDOWS
 from .rows import ReportRow
 from .speed import DEFAULT_DECODE_TOKENS, DEFAULT_PROMPT_TOKENS, DEFAULT_REPEATS
@@ -185,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--nbits", default="4,8", help="MatMulNBits baseline bit widths, or 'none' (default %(default)s)"
     )
     ort.add_argument(
+        "--int8-cost",
+        action="store_true",
+        help="also score MatMulNBits with float activations (accuracy_level 0) and MoBiQuant's slice counts "
+        "with int8 activations (accuracy_level 4), and report what int8 activations cost each (paired)",
+    )
+    ort.add_argument(
         "--nbits-block",
         type=int,
         help="MatMulNBits block size (default: the artifact's group size, for a like-for-like comparison; "
@@ -275,7 +281,11 @@ def pick_taus(tau_table: list[dict[str, float]], count: int) -> list[float]:
     return sorted(float(t) for t in picked)
 
 
-RESUME_KEYS = ("model", "window", "max_windows", "max_tokens", "text_files")
+#: Report settings that must match for ``--resume`` to reuse a report's rows (the artifact by folder and by
+#: content: a recalibrated artifact in the same folder is another model).
+RESUME_KEYS = (
+    "model", "artifact", "artifact_fingerprint", "window", "max_windows", "max_tokens", "text_files"
+)  # fmt: skip
 
 
 def _previous_rows(output: Path, settings: dict[str, Any], texts: list[str]) -> dict[str, ReportRow]:
@@ -286,11 +296,14 @@ def _previous_rows(output: Path, settings: dict[str, Any], texts: list[str]) -> 
     if not path.is_file():
         return {}
     old = json.loads(path.read_text())
-    same = old.get("texts") == texts and all(
-        (old.get("settings", {}).get(k) or None) == (settings.get(k) or None) for k in RESUME_KEYS
-    )
-    if not same:
-        print(f"--resume: {path} was made with other settings; starting afresh", file=sys.stderr)
+    differ = [k for k in RESUME_KEYS if (old.get("settings", {}).get(k) or None) != (settings.get(k) or None)]
+    if old.get("texts") != texts:
+        differ.insert(0, "texts")
+    if differ:
+        print(
+            f"--resume: {path} was made with other settings ({', '.join(differ)}); starting afresh",
+            file=sys.stderr,
+        )
         return {}
     rows = {r.label: r.upgrade() for r in map(ReportRow.from_dict, old.get("rows", []))}
     if old.get("settings", {}).get("ort") != settings.get("ort"):  # ORT numbers of other settings: redo
@@ -337,6 +350,7 @@ def _ort_settings(args: argparse.Namespace, group_size: int) -> Any:
         tolerance=args.ort_tolerance,
         nbits=tuple(nbits),
         nbits_block=block,
+        int8_cost=args.int8_cost,
         prompt_tokens=pick(args.prompt_tokens, "prompt_tokens", DEFAULT_PROMPT_TOKENS),
         decode_tokens=pick(args.decode_tokens, "decode_tokens", DEFAULT_DECODE_TOKENS),
         repeats=pick(args.speed_repeats, "repeats", DEFAULT_REPEATS),
@@ -544,6 +558,7 @@ def _report_settings(plan: Plan) -> dict[str, Any]:
         "model": _shown(plan.model_dir),
         "model_name": plan.model_dir.name,
         "artifact": _shown(plan.artifact.path) if plan.artifact is not None else None,
+        "artifact_fingerprint": fingerprint(plan.artifact.path) if plan.artifact is not None else None,
         "slice_bits": list(spec.slice_bits) if spec else None,
         "group_size": plan.group_size,
         "window": plan.window,

@@ -49,6 +49,8 @@ class Variant:
     slices: int | None = None
     tau: float | None = None
     act_order: bool = False
+    #: ORT-only rows: the ``accuracy_level`` of their quantized MatMuls (4 = int8 activations, 0 = float)
+    accuracy_level: int | None = None
 
     @property
     def label(self) -> str:
@@ -171,7 +173,26 @@ def _per_tau(key: str, wanted: Callable[[Plan], bool]) -> Callable[[Plan], Itera
 def _nbits_variants(plan: Plan) -> Iterable[Variant]:
     if plan.ort is None:
         return []
-    return [Variant("matmul-nbits", bits=b, group_size=plan.ort.nbits_block) for b in plan.ort.nbits]
+    return [
+        Variant("matmul-nbits", bits=b, group_size=plan.ort.nbits_block, accuracy_level=level)
+        for level in plan.ort.nbits_accuracy_levels
+        for b in plan.ort.nbits
+    ]
+
+
+def _int8_variants(plan: Plan) -> Iterable[Variant]:
+    if plan.ort is None or not plan.ort.int8_cost or plan.artifact is None or not plan.uniform:
+        return []
+    spec = plan.artifact.spec
+    return [
+        Variant("mbq-int8act", bits=spec.bits_at(k), slices=k, accuracy_level=4)
+        for k in range(1, spec.num_slices + 1)
+    ]
+
+
+def _nbits_label(v: Variant) -> str:
+    float_act = v.accuracy_level is not None and v.accuracy_level != 4  # level 4 rows keep the old label
+    return f"ORT MatMulNBits int{v.bits} b{v.group_size}" + (" float activations" if float_act else "")
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -225,10 +246,18 @@ def _eval_mbq_random(ctx: Context, v: Variant) -> ReportRow:
 
 
 def _eval_matmul_nbits(ctx: Context, v: Variant) -> ReportRow:
-    from .ort_rows import eval_matmul_nbits
+    from .ort_rows import eval_matmul_nbits, nbits_export
 
-    model = ctx.ort_model(f"int{v.bits}")
-    return eval_matmul_nbits(ctx.setup, model, v.bits, v.group_size, ctx.ort)
+    level = 4 if v.accuracy_level is None else v.accuracy_level
+    model = ctx.ort_model(nbits_export(v.bits, level))
+    return eval_matmul_nbits(ctx.setup, model, v.bits, v.group_size, ctx.ort, accuracy_level=level)
+
+
+def _eval_mbq_int8act(ctx: Context, v: Variant) -> ReportRow:
+    from .ort_rows import INT8_EXPORT, eval_mbq_int8act
+
+    model = ctx.ort_model(INT8_EXPORT)
+    return eval_mbq_int8act(ctx.setup, model, v.label, v.slices, v.bits, ctx.artifact, ctx.ort)
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -301,10 +330,20 @@ METHODS: tuple[Method, ...] = (
         evaluate=_eval_mbq_random,  # after its τ row: the τ rows come first in the table
     ),
     Method(
+        "mbq-int8act",
+        "MoBiQuant, uniform slices, int8 activations (ORT)",
+        Style("d", "tab:cyan"),
+        label=lambda v: f"{_uniform_label(v)}, int8 activations",
+        variants=_int8_variants,
+        evaluate=_eval_mbq_int8act,
+        backend="ort",
+        connect=True,
+    ),
+    Method(
         "matmul-nbits",
         "ORT MatMulNBits",
         Style("v", "tab:purple"),
-        label=lambda v: f"ORT MatMulNBits int{v.bits} b{v.group_size}",
+        label=_nbits_label,
         variants=_nbits_variants,
         evaluate=_eval_matmul_nbits,
         backend="ort",
@@ -337,9 +376,10 @@ def label(
     slices: int | None = None,
     tau: float | None = None,
     act_order: bool = False,
+    accuracy_level: int | None = None,
 ) -> str:
     """The row label of a report (unique per evaluated model; ``--resume`` matches rows by it)."""
-    return Variant(method_key, bits, group_size, slices, tau, act_order).label
+    return Variant(method_key, bits, group_size, slices, tau, act_order, accuracy_level).label
 
 
 def table_index(key: str | None) -> int:

@@ -30,6 +30,8 @@ from .speed import (
 from .variants import EvalSetup, _row
 
 FINGERPRINT_FILE = "eval_source.json"
+#: Export key of the artifact exported with int8 activations (``accuracy_level=4``).
+INT8_EXPORT = "mixed-bit-int8act"
 EXPORT_CODE = ("export", "model", "quant")
 #: Default relative perplexity tolerance between ORT and PyTorch (measured gaps: docs/eval.md).
 DEFAULT_TOLERANCE = 1e-3
@@ -45,11 +47,18 @@ class OrtSettings:
     tolerance: float = DEFAULT_TOLERANCE
     nbits: tuple[int, ...] = (4, 8)
     nbits_block: int = 32
+    #: ``--int8-cost``: MatMulNBits also at accuracy_level 0 and MoBiQuant's slice counts also at 4
+    int8_cost: bool = False
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS
     decode_tokens: int = DEFAULT_DECODE_TOKENS
     repeats: int = DEFAULT_REPEATS
     progress: bool = True
     speed_ids: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def nbits_accuracy_levels(self) -> tuple[int, ...]:
+        """MatMulNBits rows' accuracy levels: 4 (int8 activations, its fast path), and 0 with int8_cost."""
+        return (4, 0) if self.int8_cost else (4,)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -57,10 +66,16 @@ class OrtSettings:
             "speed": self.speed,
             "tolerance": self.tolerance,
             "matmul_nbits": {"bits": list(self.nbits), "block_size": self.nbits_block, "accuracy_level": 4},
+            **({"int8_cost": True} if self.int8_cost else {}),
             "prompt_tokens": self.prompt_tokens,
             "decode_tokens": self.decode_tokens,
             "repeats": self.repeats,
         }
+
+
+def nbits_export(bits: int, accuracy_level: int = 4) -> str:
+    """Export key of a MatMulNBits model (``int4``; ``int4-acc0`` for float activations)."""
+    return f"int{bits}" if accuracy_level == 4 else f"int{bits}-acc{accuracy_level}"
 
 
 def fingerprint(source: Path) -> str:
@@ -113,8 +128,9 @@ def prepare_exports(
     lm_head: str = "float",
 ) -> dict[str, Path]:
     """Export (or reuse) the ORT models of a report: ``float32``, ``int{b}`` MatMulNBits for each
-    ``settings.nbits``, and ``mixed-bit`` when an artifact is given (plus ``mixed-bit-int8act``, exported
-    with ``accuracy_level=4`` and the ``lm_head`` choice, when ``int8_activations``). Returns their
+    ``settings.nbits`` (:func:`nbits_export`; float-activation ones too with ``settings.int8_cost``), and
+    ``mixed-bit`` when an artifact is given (plus :data:`INT8_EXPORT`, exported with ``accuracy_level=4``
+    and the ``lm_head`` choice, when ``int8_activations`` or ``settings.int8_cost``). Returns their
     directories by key."""
     from mbq_onnx.export import export_artifact, export_float_model
     from mbq_onnx.export.matmul_nbits import quantize_matmul_nbits
@@ -129,17 +145,22 @@ def prepare_exports(
             lambda out: export_float_model(model_dir, out, overwrite=True, progress=not quiet),
         )
     }
-    for bits in settings.nbits:
-        key = f"int{bits}"
-        nb = {"kind": "matmul_nbits", "bits": bits, "block_size": settings.nbits_block}
-        dirs[key] = _cached(
-            root / f"matmulnbits-int{bits}-b{settings.nbits_block}",
-            model_dir,
-            nb,
-            lambda out, bits=bits: quantize_matmul_nbits(
-                dirs["float32"], out, bits=bits, block_size=settings.nbits_block, overwrite=True
-            ),
-        )
+    for level in settings.nbits_accuracy_levels:
+        for bits in settings.nbits:
+            key = nbits_export(bits, level)
+            nb = {"kind": "matmul_nbits", "bits": bits, "block_size": settings.nbits_block}
+            if level != 4:
+                nb["accuracy_level"] = level
+            suffix = "" if level == 4 else f"-acc{level}"
+            dirs[key] = _cached(
+                root / f"matmulnbits-int{bits}-b{settings.nbits_block}{suffix}",
+                model_dir,
+                nb,
+                lambda out, bits=bits, level=level: quantize_matmul_nbits(
+                    dirs["float32"], out, bits=bits, block_size=settings.nbits_block, overwrite=True,
+                    accuracy_level=level,
+                ),
+            )
     if artifact is not None:
         dirs["mixed-bit"] = _cached(
             Path(settings.exports) / artifact.name / "mixed-bit",
@@ -147,9 +168,9 @@ def prepare_exports(
             {"kind": "mixed-bit"},
             lambda out: export_artifact(artifact, out, overwrite=True, progress=not quiet),
         )
-        if int8_activations:
+        if int8_activations or settings.int8_cost:
             suffix = "" if lm_head == "float" else f"-head-{lm_head}"
-            dirs["mixed-bit-int8act"] = _cached(
+            dirs[INT8_EXPORT] = _cached(
                 Path(settings.exports) / artifact.name / f"mixed-bit-int8act{suffix}",
                 artifact,
                 {"kind": "mixed-bit", "accuracy_level": 4, "lm_head": lm_head},
@@ -266,10 +287,16 @@ def add_ort(
 
 
 def eval_matmul_nbits(
-    setup: EvalSetup, model: OrtModel, bits: int, block_size: int, settings: OrtSettings
+    setup: EvalSetup,
+    model: OrtModel,
+    bits: int,
+    block_size: int,
+    settings: OrtSettings,
+    accuracy_level: int = 4,
 ) -> ReportRow:
-    """An ORT-only baseline row: ORT's MatMulNBits quantizer (int8 activations, ``accuracy_level=4``)."""
-    name = label("matmul-nbits", bits=bits, group_size=block_size)
+    """An ORT-only baseline row: ORT's MatMulNBits quantizer (``accuracy_level`` 4: int8 activations,
+    its fast path; 0: float activations)."""
+    name = label("matmul-nbits", bits=bits, group_size=block_size, accuracy_level=accuracy_level)
     results = ort_results(setup, model, name, bits, max(settings.threads))
     row = _row(
         "matmul-nbits",
@@ -279,7 +306,34 @@ def eval_matmul_nbits(
         model_bytes=model.file_bytes(),
         results=results,
         backend="ort",
+        accuracy_level=accuracy_level,
     )
     row.ort = OrtPart(model.model_dir.name, file_bytes=row.model_bytes)
     row.speed = speeds(model, settings)
+    return row
+
+
+def eval_mbq_int8act(
+    setup: EvalSetup, model: OrtModel, name: str, slices: int, bits: int, artifact: Any, settings: OrtSettings
+) -> ReportRow:
+    """An ORT-only row: the artifact exported with int8 activations (``accuracy_level=4``), forced to
+    ``slices`` slices; :func:`~mbq_onnx.eval.report.annotate_report` pairs it with the float-activation
+    ORT run of the same slice count (``vs_float_activations``)."""
+    from .variants import artifact_bytes
+
+    results = ort_results(setup, model, name, bits, max(settings.threads), force=slices)
+    row = _row(
+        "mbq-int8act",
+        name,
+        bits=bits,
+        slices=slices,
+        group_size=artifact.spec.group_size,
+        model_bytes=artifact_bytes(artifact, slices),
+        results=results,
+        backend="ort",
+        accuracy_level=4,
+        artifact=artifact.path.name,
+    )
+    row.ort = OrtPart(model.model_dir.name, file_bytes=model.file_bytes())
+    row.speed = speeds(model, settings, force=slices)
     return row

@@ -5,13 +5,15 @@ A report is a dict ``{"format": "mbq-quality", "settings": {...}, "texts": [...]
 each row is one evaluated model (:class:`~mbq_onnx.eval.rows.ReportRow`, its ``to_dict``)::
 
     {"method": a key of mbq_onnx.eval.methods.METHODS ("float", "rtn", "gptq", "single", "mbq-uniform",
-               "mbq-tau", "mbq-random", "matmul-nbits"),
+               "mbq-tau", "mbq-random", "mbq-int8act", "matmul-nbits"),
      "label": str, "bits": nominal bits or None (τ and random-routing rows), "group_size": int|None,
      "slices": int|None, "tau": float|None, "model_bytes": int,
      "results": {text: {"ppl", "ci95": [lo, hi], "avg_bits_per_weight", "nll", "tokens", "windows",
                         "window", "window_nll": [...], "window_tokens": [...],
                         # filled by annotate_report (write_report):
                         "vs_float": {"ratio", "ci95"},            # paired, on the same windows
+                        # int8-activation rows ("accuracy_level": 4, --int8-cost):
+                        "vs_float_activations": {"ratio", "ci95"},
                         # τ rows only:
                         "interpolated_ppl", "interpolated_between": [bits_lo, bits_hi],
                         "random_ppl", "vs_random": {"ratio", "ci95"}, "below_both": bool}},
@@ -119,6 +121,11 @@ def annotate_rows(rows: list[ReportRow]) -> list[ReportRow]:
             for text, res in results.items():
                 res.vs_float = _paired(res, ref.get(text))
     for row in rows:
+        if row.accuracy_level == 4:
+            twin = _float_activation_results(rows, row)
+            for text, res in (row.results or {}).items():
+                res.vs_float_activations = _paired(res, twin.get(text))
+    for row in rows:
         if row.method != "mbq-tau":
             continue
         uniform = [r for r in rows if r.method == "mbq-uniform" and r.artifact == row.artifact]
@@ -137,6 +144,19 @@ def annotate_rows(rows: list[ReportRow]) -> list[ReportRow]:
             if interp is not None and rnd is not None:
                 res.below_both = bool(res.ppl < interp[0] and res.ppl < rnd.ppl)
     return rows
+
+
+def _float_activation_results(rows: list[ReportRow], row: ReportRow) -> dict[str, TextResult]:
+    """The ORT results of an int8-activation row's float-activation twin: MatMulNBits at accuracy_level 0
+    (same bits and block), or the MoBiQuant uniform row's ORT run (same artifact and slice count)."""
+    for r in rows:
+        nbits = row.method == r.method == "matmul-nbits" and r.accuracy_level == 0
+        if nbits and (r.bits, r.group_size) == (row.bits, row.group_size):
+            return r.results or {}
+        mbq = row.method == "mbq-int8act" and r.method == "mbq-uniform" and r.ort is not None
+        if mbq and (r.artifact, r.slices) == (row.artifact, row.slices):
+            return r.ort.results or {}
+    return {}
 
 
 def _random_row(rows: list[ReportRow], tau_row: ReportRow) -> ReportRow | None:
@@ -304,7 +324,8 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"{ort.get('decode_tokens')} decode steps (teacher-forced held-out text), median of "
             f"{ort.get('repeats')} runs, at {t_head.replace('T', ' thread(s)')}.\n"
         )
-    return "\n".join(lines) + "\n" + note + routing_table(report) + agreement_table(report)
+    tables = routing_table(report) + int8_table(report) + agreement_table(report)
+    return "\n".join(lines) + "\n" + note + tables
 
 
 def _ci_words(report: dict[str, Any]) -> str:
@@ -367,6 +388,33 @@ def routing_table(report: dict[str, Any]) -> str:
         "slice counts bracketing those bits (alternating the two precisions); *random routing* gives every "
         "token of every routed call one of the two bracketing counts at random with the probability that "
         "matches the bits. *Below both*: the routers beat both.\n"
+    )
+
+
+def int8_table(report: dict[str, Any]) -> str:
+    """What int8 activations (``accuracy_level=4``) cost each ORT model, paired against the same model with
+    float activations on the same windows (``--int8-cost``); empty when no row has the comparison."""
+    texts = report["texts"]
+    rows = [
+        r for r in sorted(report_rows(report), key=_table_order)
+        if any(res.vs_float_activations for res in (r.results or {}).values())
+    ]  # fmt: skip
+    if not rows:
+        return ""
+    head = ["ORT model, int8 activations", *[f"ppl {t} (vs float activations)" for t in texts]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = []
+        for t in texts:
+            res = row.results.get(t)
+            vs = res.vs_float_activations if res is not None else None
+            cells.append("–" if vs is None else f"{res.ppl:.2f} ({relative_cell(vs)})")
+        lines.append("| " + " | ".join([row.label, *cells]) + " |")
+    return (
+        "\n### What int8 activations cost (ONNX Runtime, `accuracy_level` 4 vs 0)\n\n"
+        + "\n".join(lines)
+        + "\n\nEach row against the same model run with float activations (MoBiQuant: its uniform row's ORT "
+        "run; MatMulNBits: its `float activations` row), paired over the same windows.\n"
     )
 
 

@@ -142,7 +142,8 @@ class JsonRecord:
 class TextResult(JsonRecord):
     """One model's perplexity on one text (``ppl`` … ``window_tokens``: :class:`PerplexityResult`), its
     average bits per weight read, and the comparisons :func:`~mbq_onnx.eval.report.annotate_report` fills:
-    ``vs_float`` (paired ``{"ratio", "ci95"}``), and for τ rows ``interpolated_ppl``/``interpolated_between``
+    ``vs_float`` (paired ``{"ratio", "ci95"}``), ``vs_float_activations`` for int8-activation rows, and for
+    τ rows ``interpolated_ppl``/``interpolated_between``
     (the uniform slice counts bracketing its bits), ``random_ppl``/``vs_random`` and ``below_both``."""
 
     ppl: float
@@ -156,6 +157,8 @@ class TextResult(JsonRecord):
     avg_bits_per_weight: float | None = None
     target_bits_per_weight: float | None = None  # random-routing rows: the τ row's bits they aim at
     vs_float: dict[str, Any] | None = None
+    #: int8-activation rows: paired ratio over the float-activation run of the same model
+    vs_float_activations: dict[str, Any] | None = None
     interpolated_ppl: float | None = None
     interpolated_between: list[float] | None = None
     random_ppl: float | None = None
@@ -243,6 +246,7 @@ class ReportRow(JsonRecord):
     artifact: str | None = None  # MoBiQuant rows: the artifact folder's name
     calibration: dict[str, Any] | None = None  # GPTQ / single-precision rows: the data (and config) used
     backend: str | None = None  # "ort": scored in ONNX Runtime only (``results`` are ORT's)
+    accuracy_level: int | None = None  # ORT-only rows: accuracy_level of the quantized MatMuls
     random_routing: dict[str, Any] | None = None  # random-routing rows: seed, per-text counts, τ row
     seconds: float | None = None  # since the command started, when the row was done
     ort: OrtPart | None = None

@@ -8,8 +8,9 @@ import json
 
 import pytest
 import torch
+from calib_checks import assert_artifact_runs_like_fake_quant
 
-from mbq_onnx.calibrate import CalibConfig, calibrate, fake_quantize_model, write_artifact
+from mbq_onnx.calibrate import CalibConfig, calibrate, write_artifact
 from mbq_onnx.model import build_model, load_artifact
 from mbq_onnx.quant.spec import QuantSpec
 
@@ -73,15 +74,7 @@ def test_artifact_roundtrip_matches_fake_quantized_model(calibrated, tmp_path):
     assert art.tau_table == result.tau_table
     report = json.loads((path / "calibration_report.json").read_text())
     assert len(report["blocks"]) == 2 and report["tau_table"] == result.tau_table
-    built, ctx = build_model(path)
-    ids = _ids(5, n=2)
-    for k in (1, 2, 3):
-        ctx.force_slices = k
-        ref = fake_quantize_model(copy.deepcopy(model), result, k)
-        with torch.no_grad():
-            torch.testing.assert_close(
-                built(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=1e-4, atol=1e-4
-            )
+    assert_artifact_runs_like_fake_quant(path, model, result, _ids(5, n=2), (1, 2, 3))
 
 
 def test_trained_routers_change_counts_with_tau(calibrated, tmp_path):

@@ -99,7 +99,7 @@ def test_cli_on_a_small_model_with_the_embedded_tokenizer(tmp_path, tiny_llama):
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["slice_bits"] == [4, 2, 2] and cfg["source"]["preset"] == "fast"
-    assert len(cfg["tau_table"]) == 19
+    assert len(cfg["tau_table"]) == 24  # the default τ grid: 5 low values, then 0.05 … 0.95
     report = json.loads((out / "calibration_report.json").read_text())
     assert report["samples"] == [4, 32] and len(report["blocks"]) == 2
     assert (out / "tokenizer.json").is_file()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+from calib_checks import assert_artifact_runs_like_fake_quant
 
-from mbq_onnx.calibrate import CalibConfig, calibrate, fake_quantize_model, write_artifact
+from mbq_onnx.calibrate import CalibConfig, calibrate, write_artifact
 from mbq_onnx.calibrate.__main__ import main as calibrate_main
 from mbq_onnx.calibrate.error_feedback import error_feedback_weight
-from mbq_onnx.model import build_model
 from mbq_onnx.quant import residual
 from mbq_onnx.quant.spec import QuantSpec
 
@@ -102,15 +100,8 @@ def test_calibration_keeps_error_feedback_only_where_it_measures_better(tiny_lla
         changed = [n for n in result.weights if n.startswith(block["block"] + ".")]
         assert bool(changed) == (kept is not None)
     # the artifact stores the chosen codes: it runs like the fake-quantized model built from them
-    built, ctx = build_model(write_artifact(tmp_path / "art", model, result))
-    probe = ids[:2]
-    for k in (1, 3):
-        ctx.force_slices = k
-        ref = fake_quantize_model(copy.deepcopy(model), result, k)
-        with torch.no_grad():
-            torch.testing.assert_close(
-                built(input_ids=probe).logits, ref(input_ids=probe).logits, rtol=1e-4, atol=1e-4
-            )
+    artifact = write_artifact(tmp_path / "art", model, result)
+    assert_artifact_runs_like_fake_quant(artifact, model, result, ids[:2], (1, 3))
 
 
 def test_config_and_cli_reject_bad_exponents(tmp_path, capsys):

@@ -19,6 +19,7 @@ SAMPLES = {
     "mbq-uniform": M.Variant("mbq-uniform", bits=4, slices=1),
     "mbq-tau": M.Variant("mbq-tau", tau=0.5),
     "mbq-random": M.Variant("mbq-random", tau=0.5),
+    "mbq-int8act": M.Variant("mbq-int8act", bits=4, slices=1, accuracy_level=4),
     "matmul-nbits": M.Variant("matmul-nbits", bits=4, group_size=32),
 }
 
@@ -51,8 +52,14 @@ def test_labels_are_stable():
         "mbq-uniform": "MoBiQuant 1 slice (4-bit)",
         "mbq-tau": "MoBiQuant τ=0.5",
         "mbq-random": "MoBiQuant random routing (bits of τ=0.5)",
+        "mbq-int8act": "MoBiQuant 1 slice (4-bit), int8 activations",
         "matmul-nbits": "ORT MatMulNBits int4 b32",
     }
+    assert M.label("matmul-nbits", bits=4, group_size=32, accuracy_level=4) == "ORT MatMulNBits int4 b32"
+    assert (
+        M.label("matmul-nbits", bits=8, group_size=32, accuracy_level=0)
+        == "ORT MatMulNBits int8 b32 float activations"
+    )
     assert M.label("mbq-uniform", bits=8, slices=3) == "MoBiQuant 3 slices (8-bit)"
     assert M.label("gptq", bits=8, group_size=64) == "GPTQ 8-bit g64"
     with pytest.raises(ValueError, match="unknown method 'awq'"):

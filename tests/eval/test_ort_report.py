@@ -164,3 +164,43 @@ def test_speed_needs_enough_tokens_and_positive_sizes(tiny_pair, report):
         measure_speed(session, np.arange(100), repeats=0)
     sp = measure_speed(session, np.arange(100), force_slices=2, prompt_tokens=8, decode_tokens=4, repeats=1)
     assert sp.threads == 1 and sp.decode_avg_bits_per_weight == pytest.approx(6.0) and sp.decode_ms > 0
+
+
+def test_int8_cost_pairs_each_int8_row_with_its_float_activation_twin(tiny_pair, tmp_path):
+    """``--int8-cost``: MatMulNBits at accuracy_level 0 and 4, MoBiQuant's slice counts with int8
+    activations, each int8 row with a paired ratio over its float-activation twin on the same windows."""
+    rep = _run(tiny_pair, tmp_path, "--int8-cost", "--no-speed", "--taus", "none", "--no-plot")
+    assert check_report(rep) == []
+    rows = {r["label"]: r for r in rep["rows"]}
+    int8 = [r for r in rep["rows"] if r["method"] == "mbq-int8act"]
+    assert [(r["slices"], r["accuracy_level"]) for r in int8] == [(1, 4), (2, 4), (3, 4)]
+    nbits = sorted((r["bits"], r["accuracy_level"]) for r in rep["rows"] if r["method"] == "matmul-nbits")
+    assert nbits == [(4, 0), (4, 4), (8, 0), (8, 4)]
+    for row in int8:
+        twin = next(
+            r for r in rep["rows"] if r["method"] == "mbq-uniform" and r["slices"] == row["slices"]
+        )["ort"]["results"]
+        for text, res in row["results"].items():
+            vs = res["vs_float_activations"]
+            assert vs["ratio"] == pytest.approx(res["ppl"] / twin[text]["ppl"])
+            assert vs["ci95"][0] <= vs["ratio"] <= vs["ci95"][1]
+            assert res["ppl"] != twin[text]["ppl"]  # a different kernel path really ran
+    float_act = rows["ORT MatMulNBits int4 b16 float activations"]["results"]
+    for text, res in rows["ORT MatMulNBits int4 b16"]["results"].items():
+        assert res["vs_float_activations"]["ratio"] == pytest.approx(res["ppl"] / float_act[text]["ppl"])
+        assert "vs_float_activations" not in float_act[text]
+    assert "What int8 activations cost" in (tmp_path / "quality.md").read_text()
+
+
+def test_resume_starts_afresh_for_another_artifact_or_a_recalibrated_one(report, tmp_path, capsys):
+    """``--resume`` must not mix rows of two artifacts: the report's artifact (folder and content) is checked."""
+    from mbq_onnx.eval.cli import _previous_rows
+
+    rep, out = report
+    settings, texts = copy.deepcopy(rep["settings"]), rep["texts"]
+    assert settings["artifact_fingerprint"]
+    assert _previous_rows(out, settings, texts)  # same settings: the rows are reused
+    for key, value in (("artifact", "other-artifact"), ("artifact_fingerprint", "0" * 16)):
+        changed = {**settings, key: value}
+        assert _previous_rows(out, changed, texts) == {}
+        assert f"other settings ({key})" in capsys.readouterr().err
