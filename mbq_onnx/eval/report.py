@@ -14,6 +14,8 @@ each row is one evaluated model (:class:`~mbq_onnx.eval.rows.ReportRow`, its ``t
                         "vs_float": {"ratio", "ci95"},            # paired, on the same windows
                         # int8-activation rows ("accuracy_level": 4, --int8-cost):
                         "vs_float_activations": {"ratio", "ci95"},
+                        # MoBiQuant int8 rows: their int8 cost over MatMulNBits' at the same bits
+                        "int8_cost_vs_matmul_nbits": {"ratio", "ci95"},
                         # τ rows only:
                         "interpolated_ppl", "interpolated_between": [bits_lo, bits_hi],
                         "random_ppl", "vs_random": {"ratio", "ci95"}, "below_both": bool}},
@@ -76,6 +78,19 @@ def _paired(res: TextResult, ref: TextResult | None) -> dict[str, Any] | None:
     return {"ratio": ratio, "ci95": [lo, hi]}
 
 
+def _cost_ratio(
+    a: TextResult, a_ref: TextResult | None, b: TextResult | None, b_ref: TextResult | None
+) -> dict[str, Any] | None:
+    """``{"ratio", "ci95"}`` of ``(ppl_a / ppl_a_ref) / (ppl_b / ppl_b_ref)`` — what a change costs one model
+    over what it costs another — paired over the windows all four were scored on, else None."""
+    four = (a, a_ref, b, b_ref)
+    if any(r is None or not r.window_nll or r.window_tokens != a.window_tokens for r in four):
+        return None
+    cost = [x - y + z for x, y, z in zip(a.window_nll, a_ref.window_nll, b_ref.window_nll, strict=True)]
+    ratio, lo, hi = bootstrap_ratio(cost, a.window_tokens, b.window_nll, b.window_tokens)
+    return {"ratio": ratio, "ci95": [lo, hi]}
+
+
 def _interpolate(bits: float, uniform: list[tuple[float, float]]) -> tuple[float, float, float] | None:
     """Straight line between the uniform points ``(bits, ppl)`` bracketing ``bits``: ``(ppl, lo, hi)``."""
     pts = sorted(uniform)
@@ -125,6 +140,18 @@ def annotate_rows(rows: list[ReportRow]) -> list[ReportRow]:
             twin = _float_activation_results(rows, row)
             for text, res in (row.results or {}).items():
                 res.vs_float_activations = _paired(res, twin.get(text))
+                res.int8_cost_vs_matmul_nbits = None
+    for row in rows:  # MoBiQuant's int8 cost over MatMulNBits' at the same bits
+        nbits = next(
+            (r for r in rows if r.method == "matmul-nbits" and r.accuracy_level == 4 and r.bits == row.bits),
+            None,
+        )
+        if row.method != "mbq-int8act" or nbits is None:
+            continue
+        ours0, theirs0 = _float_activation_results(rows, row), _float_activation_results(rows, nbits)
+        for text, res in (row.results or {}).items():
+            parts = (res, ours0.get(text), nbits.results.get(text), theirs0.get(text))
+            res.int8_cost_vs_matmul_nbits = _cost_ratio(*parts)
     for row in rows:
         if row.method != "mbq-tau":
             continue
@@ -401,20 +428,28 @@ def int8_table(report: dict[str, Any]) -> str:
     ]  # fmt: skip
     if not rows:
         return ""
-    head = ["ORT model, int8 activations", *[f"ppl {t} (vs float activations)" for t in texts]]
+    head = [
+        "ORT model, int8 activations",
+        *[f"ppl {t} (vs float activations)" for t in texts],
+        *[f"{t}: cost vs MatMulNBits' at its bits" for t in texts],
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = []
+        cells, versus = [], []
         for t in texts:
             res = row.results.get(t)
             vs = res.vs_float_activations if res is not None else None
             cells.append("–" if vs is None else f"{res.ppl:.2f} ({relative_cell(vs)})")
-        lines.append("| " + " | ".join([row.label, *cells]) + " |")
+            cost = res.int8_cost_vs_matmul_nbits if res is not None else None
+            versus.append("–" if cost is None else relative_cell(cost))
+        lines.append("| " + " | ".join([row.label, *cells, *versus]) + " |")
     return (
         "\n### What int8 activations cost (ONNX Runtime, `accuracy_level` 4 vs 0)\n\n"
         + "\n".join(lines)
         + "\n\nEach row against the same model run with float activations (MoBiQuant: its uniform row's ORT "
-        "run; MatMulNBits: its `float activations` row), paired over the same windows.\n"
+        "run; MatMulNBits: its `float activations` row), paired over the same windows. \"cost vs "
+        "MatMulNBits'\": (ppl int8 / ppl float) of the MoBiQuant row over the same ratio of the MatMulNBits "
+        "row with its bits, paired over the windows all four were scored on (> 0: ours costs more).\n"
     )
 
 

@@ -159,6 +159,8 @@ class TextResult(JsonRecord):
     vs_float: dict[str, Any] | None = None
     #: int8-activation rows: paired ratio over the float-activation run of the same model
     vs_float_activations: dict[str, Any] | None = None
+    #: MoBiQuant int8-activation rows: their vs_float_activations ratio over MatMulNBits' (same bits), paired
+    int8_cost_vs_matmul_nbits: dict[str, Any] | None = None
     interpolated_ppl: float | None = None
     interpolated_between: list[float] | None = None
     random_ppl: float | None = None

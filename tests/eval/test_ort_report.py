@@ -185,6 +185,14 @@ def test_int8_cost_pairs_each_int8_row_with_its_float_activation_twin(tiny_pair,
             assert vs["ratio"] == pytest.approx(res["ppl"] / twin[text]["ppl"])
             assert vs["ci95"][0] <= vs["ratio"] <= vs["ci95"][1]
             assert res["ppl"] != twin[text]["ppl"]  # a different kernel path really ran
+            nbits = rows.get(f"ORT MatMulNBits int{row['bits']} b16")
+            if nbits is None:  # 6 bits: no MatMulNBits row to compare the cost with
+                assert "int8_cost_vs_matmul_nbits" not in res
+                continue
+            theirs = nbits["results"][text]["vs_float_activations"]["ratio"]
+            cost = res["int8_cost_vs_matmul_nbits"]
+            assert cost["ratio"] == pytest.approx(vs["ratio"] / theirs)
+            assert cost["ci95"][0] <= cost["ratio"] <= cost["ci95"][1]
     float_act = rows["ORT MatMulNBits int4 b16 float activations"]["results"]
     for text, res in rows["ORT MatMulNBits int4 b16"]["results"].items():
         assert res["vs_float_activations"]["ratio"] == pytest.approx(res["ppl"] / float_act[text]["ppl"])
@@ -193,7 +201,7 @@ def test_int8_cost_pairs_each_int8_row_with_its_float_activation_twin(tiny_pair,
 
 
 def test_resume_starts_afresh_for_another_artifact_or_a_recalibrated_one(report, tmp_path, capsys):
-    """``--resume`` must not mix rows of two artifacts: the report's artifact (folder and content) is checked."""
+    """``--resume`` does not mix rows of two artifacts: it checks the artifact (folder and content)."""
     from mbq_onnx.eval.cli import _previous_rows
 
     rep, out = report
