@@ -80,7 +80,8 @@ def write_artifact(
 
     quantized = copy.deepcopy(model)
     for name, w in result.weights.items():  # error-feedback weights: their codes are the chosen ones
-        quantized.get_submodule(name).weight.data.copy_(w.to(quantized.get_submodule(name).weight.dtype))
+        weight = quantized.get_submodule(name).weight
+        weight.data.copy_(w.to(weight.dtype))
     routers = {name: copy.deepcopy(r) for name, r in result.routers.items()}
     quantize_model(
         quantized,

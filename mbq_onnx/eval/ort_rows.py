@@ -149,11 +149,10 @@ def prepare_exports(
         for bits in settings.nbits:
             key = nbits_export(bits, level)
             nb = {"kind": "matmul_nbits", "bits": bits, "block_size": settings.nbits_block}
-            if level != 4:
+            if level != 4:  # level-4 stamps stay as they were, so their exports are reused
                 nb["accuracy_level"] = level
-            suffix = "" if level == 4 else f"-acc{level}"
             dirs[key] = _cached(
-                root / f"matmulnbits-int{bits}-b{settings.nbits_block}{suffix}",
+                root / f"matmulnbits-{key}-b{settings.nbits_block}",
                 model_dir,
                 nb,
                 lambda out, bits=bits, level=level: quantize_matmul_nbits(

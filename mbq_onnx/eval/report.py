@@ -142,11 +142,13 @@ def annotate_rows(rows: list[ReportRow]) -> list[ReportRow]:
                 res.vs_float_activations = _paired(res, twin.get(text))
                 res.int8_cost_vs_matmul_nbits = None
     for row in rows:  # MoBiQuant's int8 cost over MatMulNBits' at the same bits
+        if row.method != "mbq-int8act":
+            continue
         nbits = next(
             (r for r in rows if r.method == "matmul-nbits" and r.accuracy_level == 4 and r.bits == row.bits),
             None,
         )
-        if row.method != "mbq-int8act" or nbits is None:
+        if nbits is None:
             continue
         ours0, theirs0 = _float_activation_results(rows, row), _float_activation_results(rows, nbits)
         for text, res in (row.results or {}).items():
