@@ -76,7 +76,7 @@ def write_artifact(
 
     ``model`` (the float model that was calibrated) is copied, not modified.
     """
-    from ..model import quantize_model, save_artifact
+    from ..model import RoutingContext, quantize_model, save_artifact
 
     quantized = copy.deepcopy(model)
     for name, w in result.weights.items():  # error-feedback weights: their codes are the chosen ones
@@ -90,6 +90,7 @@ def write_artifact(
         params=result.params,
         routers=routers,
         router_hidden=result.router_hidden,
+        ctx=RoutingContext(tau_schedule=result.tau_schedule),
     )
     return save_artifact(
         path,

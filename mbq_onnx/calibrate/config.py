@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from ..model.routing import DEFAULT_TAU_SCHEDULE, check_tau_schedule
 from .matmul import GRAD_DTYPES
 
 ROUTER_GRANULARITIES = ("linear", "block")
@@ -16,9 +17,18 @@ LOSS_WEIGHTINGS = ("relative", "mean")
 LOW_TAUS = (0.001, 0.002, 0.005, 0.01, 0.02)
 
 
-def default_tau_grid() -> tuple[float, ...]:
-    """τ = 0.001, 0.002, 0.005, 0.01, 0.02, then 0.05, 0.10, …, 0.95."""
-    return LOW_TAUS + tuple(round(0.05 * i, 2) for i in range(1, 20))
+def default_tau_grid(num_slices: int = 3, schedule: str = DEFAULT_TAU_SCHEDULE) -> tuple[float, ...]:
+    """The τ values of the τ → bits table: a gate threshold grid (0.001, 0.002, 0.005, 0.01, 0.02, then
+    0.05, 0.10, …, 0.95) at which each gate is routed — ``"shared"``: those τ; ``"bracketed"``: mapped
+    into each gate's τ range (:func:`~mbq_onnx.model.routing.gate_taus`), plus the range ends."""
+    gate_grid = LOW_TAUS + tuple(round(0.05 * i, 2) for i in range(1, 20))
+    gates = num_slices - 1
+    if check_tau_schedule(schedule) == "shared" or gates <= 1:
+        return gate_grid
+    # gate j routes at tau_j = j - G(1 - τ), i.e. τ = 1 - (j - tau_j) / G
+    grid = {round(1 - (j - t) / gates, 6) for j in range(1, gates + 1) for t in gate_grid}
+    grid |= {round(1 - j / gates, 6) for j in range(1, gates)}
+    return tuple(sorted(grid))
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,9 @@ class CalibConfig:
       preset the held-out block objective gained little for ~2× the time): codes by rounding (LWC alone).
     - ``budget_weight``: λ of the router's bit-budget penalty ``λ·(bits - b_1)/(B - b_1)``, against the
       routed output MSE relative to the base slice's RTN MSE.
+    - ``tau_schedule``: how the runtime τ sets each gate's threshold in the artifact
+      (:func:`~mbq_onnx.model.routing.gate_taus`); ``tau_grid``: the τ values of its τ → bits table (empty:
+      :func:`default_tau_grid` for the slice count and schedule).
     """
 
     samples: int = 128
@@ -64,7 +77,8 @@ class CalibConfig:
     loss_weighting: str = "relative"
     hinge_weight: float = 1.0
     guard: bool = True
-    tau_grid: tuple[float, ...] = field(default_factory=default_tau_grid)
+    tau_schedule: str = DEFAULT_TAU_SCHEDULE
+    tau_grid: tuple[float, ...] = ()
     error_feedback: tuple[float, ...] = ()
     seed: int = 0
 
@@ -89,8 +103,14 @@ class CalibConfig:
             raise ValueError(
                 f"error_feedback exponents must lie within [0, 2], got {list(self.error_feedback)}"
             )
+        object.__setattr__(self, "tau_grid", tuple(float(t) for t in self.tau_grid))
         if not 0 < self.train_tau < 1 or any(not 0 < t < 1 for t in self.tau_grid):
             raise ValueError("train_tau and every tau_grid value must lie strictly between 0 and 1")
+        check_tau_schedule(self.tau_schedule)
+
+    def taus_for(self, num_slices: int) -> tuple[float, ...]:
+        """The τ values of the τ → bits table for ``num_slices`` slices."""
+        return self.tau_grid or default_tau_grid(num_slices, self.tau_schedule)
 
     def with_overrides(self, **kwargs: Any) -> CalibConfig:
         """A copy with the given non-``None`` fields replaced."""

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..model.artifact import TAU_TABLE_BITS
-from ..model.routing import SliceRouter, slice_counts, slice_gates
+from ..model.routing import DEFAULT_TAU_SCHEDULE, SliceRouter, gate_taus, slice_counts, slice_gates
 from ..model.surgery import (
     capture_layer_inputs,
     decoder_layers,
@@ -56,6 +56,7 @@ class CalibrationResult:
     tau_table: list[dict[str, float]]
     report: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Tensor] = field(default_factory=dict)
+    tau_schedule: str = DEFAULT_TAU_SCHEDULE
 
     def weight_of(self, name: str, model: nn.Module) -> Tensor:
         """The float weight ``[N, K]`` whose codes (on ``params[name]``'s grid) linear ``name`` stores."""
@@ -93,8 +94,9 @@ class _CountStats:
     the :class:`~mbq_onnx.model.routing.RoutingContext` records.
     """
 
-    def __init__(self, tau_grid: Sequence[float], spec: QuantSpec):
+    def __init__(self, tau_grid: Sequence[float], spec: QuantSpec, schedule: str):
         self.tau = torch.tensor(list(tau_grid), dtype=torch.float32)
+        self.gate_taus = [gate_taus(t, spec.num_slices, schedule) for t in self.tau]
         self.bits_of = torch.tensor((0, *spec.cum_bits), dtype=torch.float64)
         self.slices = torch.zeros(len(tau_grid), dtype=torch.float64)
         self.bits = torch.zeros(len(tau_grid), dtype=torch.float64)
@@ -103,7 +105,7 @@ class _CountStats:
     @torch.no_grad()
     def add(self, logits: Tensor) -> None:
         flat = logits.reshape(-1, logits.shape[-1])
-        for i, t in enumerate(self.tau):
+        for i, t in enumerate(self.gate_taus):
             counts = slice_counts(flat, t)
             self.slices[i] += counts.double().sum()
             self.bits[i] += self.bits_of[counts].sum()
@@ -517,7 +519,7 @@ def calibrate_blocks(
     t0 = time.perf_counter()
     fp_in, block_kwargs = capture_block_inputs(model, input_ids)
     streams = {k: fp_in for k in precs}
-    stats = _CountStats(cfg.tau_grid, spec) if train_routers else None
+    stats = _CountStats(cfg.taus_for(spec.num_slices), spec, cfg.tau_schedule) if train_routers else None
     params: dict[str, tuple[Tensor, Tensor]] = {}
     routers: dict[str, SliceRouter] = {}
     weights: dict[str, Tensor] = {}
@@ -592,6 +594,7 @@ def calibrate_blocks(
         tau_table,
         report,
         weights,
+        cfg.tau_schedule,
     )
 
 

@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the random-routing baseline of each τ row (random per-token slice counts, same bits)",
     )
     p.add_argument(
+        "--oracle",
+        action="store_true",
+        help="add the oracle-routing reference of each τ row: same bits, the extra slice to the tokens whose "
+        "linear output it changes most (reads the weights; ~1.3x a τ row's time)",
+    )
+    p.add_argument(
         "--texts",
         default="sotu,moby",
         help="named held-out texts: sotu (SOTU 2000+), moby (Moby-Dick), or 'none' (only --text files)",
@@ -387,6 +393,7 @@ class Plan:
     taus: tuple[float, ...]
     uniform: bool
     random: bool
+    oracle: bool
     ort: OrtSettings | None
     output: Path
     resume: bool
@@ -482,6 +489,7 @@ def resolve_plan(args: argparse.Namespace) -> Plan:
         taus=tuple(taus),
         uniform=not args.no_uniform,
         random=not args.no_random,
+        oracle=args.oracle,
         ort=ort,
         output=args.output,
         resume=args.resume,

@@ -245,6 +245,13 @@ def _eval_mbq_random(ctx: Context, v: Variant) -> ReportRow:
     return V.eval_mbq_random(ctx.setup, ctx.artifact, tau_row, model=ctx.mbq)
 
 
+def _eval_mbq_oracle(ctx: Context, v: Variant) -> ReportRow:
+    from . import variants as V
+
+    tau_row = ctx.row(Variant("mbq-tau", tau=v.tau).label)
+    return V.eval_mbq_oracle(ctx.setup, ctx.artifact, tau_row, model=ctx.mbq)
+
+
 def _eval_matmul_nbits(ctx: Context, v: Variant) -> ReportRow:
     from .ort_rows import eval_matmul_nbits, nbits_export
 
@@ -328,6 +335,14 @@ METHODS: tuple[Method, ...] = (
         label=lambda v: f"MoBiQuant random routing (bits of τ={v.tau:g})",
         variants=_per_tau("mbq-random", lambda plan: plan.random),
         evaluate=_eval_mbq_random,  # after its τ row: the τ rows come first in the table
+    ),
+    Method(
+        "mbq-oracle",
+        "MoBiQuant, oracle routing at the τ bits",
+        Style("+", "tab:olive"),
+        label=lambda v: f"MoBiQuant oracle routing (bits of τ={v.tau:g})",
+        variants=_per_tau("mbq-oracle", lambda plan: plan.oracle),
+        evaluate=_eval_mbq_oracle,
     ),
     Method(
         "mbq-int8act",

@@ -156,7 +156,11 @@ def prepare_exports(
                 model_dir,
                 nb,
                 lambda out, bits=bits, level=level: quantize_matmul_nbits(
-                    dirs["float32"], out, bits=bits, block_size=settings.nbits_block, overwrite=True,
+                    dirs["float32"],
+                    out,
+                    bits=bits,
+                    block_size=settings.nbits_block,
+                    overwrite=True,
                     accuracy_level=level,
                 ),
             )

@@ -5,7 +5,7 @@ A report is a dict ``{"format": "mbq-quality", "settings": {...}, "texts": [...]
 each row is one evaluated model (:class:`~mbq_onnx.eval.rows.ReportRow`, its ``to_dict``)::
 
     {"method": a key of mbq_onnx.eval.methods.METHODS ("float", "rtn", "gptq", "single", "mbq-uniform",
-               "mbq-tau", "mbq-random", "mbq-int8act", "matmul-nbits"),
+               "mbq-tau", "mbq-random", "mbq-oracle", "mbq-int8act", "matmul-nbits"),
      "label": str, "bits": nominal bits or None (τ and random-routing rows), "group_size": int|None,
      "slices": int|None, "tau": float|None, "model_bytes": int,
      "results": {text: {"ppl", "ci95": [lo, hi], "avg_bits_per_weight", "nll", "tokens", "windows",
@@ -18,7 +18,8 @@ each row is one evaluated model (:class:`~mbq_onnx.eval.rows.ReportRow`, its ``t
                         "int8_cost_vs_matmul_nbits": {"ratio", "ci95"},
                         # τ rows only:
                         "interpolated_ppl", "interpolated_between": [bits_lo, bits_hi],
-                        "random_ppl", "vs_random": {"ratio", "ci95"}, "below_both": bool}},
+                        "random_ppl", "vs_random": {"ratio", "ci95"}, "below_both": bool,
+                        "oracle_ppl", "vs_oracle": {"ratio", "ci95"}}},  # with mbq-oracle rows
      # rows that ran in ONNX Runtime (float32, MoBiQuant, MatMulNBits):
      "ort": {"model_dir": str, "file_bytes": int, "results": {...},
              "agreement": {text: |ppl_ort / ppl_torch - 1|}},
@@ -159,6 +160,7 @@ def annotate_rows(rows: list[ReportRow]) -> list[ReportRow]:
             continue
         uniform = [r for r in rows if r.method == "mbq-uniform" and r.artifact == row.artifact]
         random_row = _random_row(rows, row)
+        oracle_row = _random_row(rows, row, "mbq-oracle")
         for text, res in (row.results or {}).items():
             for key in TextResult.ANNOTATIONS:
                 setattr(res, key, None)
@@ -170,6 +172,10 @@ def annotate_rows(rows: list[ReportRow]) -> list[ReportRow]:
             if rnd is not None:
                 res.random_ppl = rnd.ppl
                 res.vs_random = _paired(res, rnd)
+            oracle = (oracle_row.results or {}).get(text) if oracle_row is not None else None
+            if oracle is not None:
+                res.oracle_ppl = oracle.ppl
+                res.vs_oracle = _paired(res, oracle)
             if interp is not None and rnd is not None:
                 res.below_both = bool(res.ppl < interp[0] and res.ppl < rnd.ppl)
     return rows
@@ -188,14 +194,10 @@ def _float_activation_results(rows: list[ReportRow], row: ReportRow) -> dict[str
     return {}
 
 
-def _random_row(rows: list[ReportRow], tau_row: ReportRow) -> ReportRow | None:
-    """The random-routing row of a τ row (same artifact, same τ)."""
+def _random_row(rows: list[ReportRow], tau_row: ReportRow, method: str = "mbq-random") -> ReportRow | None:
+    """The random-routing row (or another ``method`` at the τ bits) of a τ row (same artifact, same τ)."""
     return next(
-        (
-            r
-            for r in rows
-            if r.method == "mbq-random" and r.artifact == tau_row.artifact and r.tau == tau_row.tau
-        ),
+        (r for r in rows if r.method == method and r.artifact == tau_row.artifact and r.tau == tau_row.tau),
         None,
     )
 
@@ -377,12 +379,14 @@ def relative_cell(paired: dict[str, Any]) -> str:
 
 def routing_table(report: dict[str, Any]) -> str:
     """Markdown: each τ row against the two references at the same average bits — the alternating-precision
-    line between the bracketing uniform slice counts and random per-token routing (empty without τ rows)."""
+    line between the bracketing uniform slice counts and random per-token routing — and, with ``mbq-oracle``
+    rows, the oracle-routing reference (empty without τ rows)."""
     texts = report["texts"]
     all_rows = report_rows(report)
     rows = sorted((r for r in all_rows if r.method == "mbq-tau"), key=lambda r: r.tau or 0)
     if not rows:
         return ""
+    oracle = any(_random_row(all_rows, r, "mbq-oracle") is not None for r in rows)
     head = [
         "τ row",
         "text",
@@ -391,32 +395,37 @@ def routing_table(report: dict[str, Any]) -> str:
         "alternating (interpolated)",
         "random routing",
         "τ vs random (paired)",
+        *(["oracle routing", "τ vs oracle (paired)"] if oracle else []),
         "below both",
     ]
     lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        random_row = _random_row(all_rows, row)
+        refs = [_random_row(all_rows, row, m) for m in ("mbq-random", *(["mbq-oracle"] if oracle else []))]
         for t in texts:
             res = row.results.get(t)
             if res is None:
                 continue
             interp = f"{res.interpolated_ppl:.2f}" if res.interpolated_ppl is not None else "–"
-            rnd = "–"
-            if random_row is not None and t in random_row.results:
-                rnd = ppl_cell(random_row.results[t])
-            vs = relative_cell(res.vs_random) if res.vs_random is not None else "–"
-            below = {True: "yes", False: "no"}.get(res.below_both, "–")
-            lines.append(
-                "| "
-                + " | ".join([row.label, t, f"{res.bits:.2f}", ppl_cell(res), interp, rnd, vs, below])
-                + " |"
-            )
+            cells = [row.label, t, f"{res.bits:.2f}", ppl_cell(res), interp]
+            for ref, paired in zip(refs, (res.vs_random, res.vs_oracle), strict=False):
+                cells.append(ppl_cell(ref.results[t]) if ref is not None and t in ref.results else "–")
+                cells.append(relative_cell(paired) if paired is not None else "–")
+            cells.append({True: "yes", False: "no"}.get(res.below_both, "–"))
+            lines.append("| " + " | ".join(cells) + " |")
     return (
         "\n".join(lines)
         + "\n\nτ rows at their measured average bits: *alternating* is the straight line between the uniform "
         "slice counts bracketing those bits (alternating the two precisions); *random routing* gives every "
         "token of every routed call one of the two bracketing counts at random with the probability that "
-        "matches the bits. *Below both*: the routers beat both.\n"
+        "matches the bits. *Below both*: the routers beat both."
+        + (
+            " *Oracle routing* gives the same share of tokens the extra slice, in each routed call to the "
+            "tokens whose linear output it changes most (it reads the weights and the whole window: a "
+            "reference, not a router)."
+            if oracle
+            else ""
+        )
+        + "\n"
     )
 
 
@@ -449,7 +458,7 @@ def int8_table(report: dict[str, Any]) -> str:
         "\n### What int8 activations cost (ONNX Runtime, `accuracy_level` 4 vs 0)\n\n"
         + "\n".join(lines)
         + "\n\nEach row against the same model run with float activations (MoBiQuant: its uniform row's ORT "
-        "run; MatMulNBits: its `float activations` row), paired over the same windows. \"cost vs "
+        'run; MatMulNBits: its `float activations` row), paired over the same windows. "cost vs '
         "MatMulNBits'\": (ppl int8 / ppl float) of the MoBiQuant row over the same ratio of the MatMulNBits "
         "row with its bits, paired over the windows all four were scored on (> 0: ours costs more).\n"
     )

@@ -10,7 +10,7 @@ against the dict rows, every record also reads and writes by JSON key (``row["re
 
 Left as plain JSON values: ``speed`` entries (:meth:`mbq_onnx.eval.speed.Speed.to_dict`), ``agreement``
 (text → relative gap), the paired ``{"ratio", "ci95"}`` comparisons and the ``calibration`` and
-``random_routing`` notes.
+``random_routing``/``oracle_routing`` notes.
 """
 
 from __future__ import annotations
@@ -144,7 +144,8 @@ class TextResult(JsonRecord):
     average bits per weight read, and the comparisons :func:`~mbq_onnx.eval.report.annotate_report` fills:
     ``vs_float`` (paired ``{"ratio", "ci95"}``), ``vs_float_activations`` for int8-activation rows, and for
     τ rows ``interpolated_ppl``/``interpolated_between``
-    (the uniform slice counts bracketing its bits), ``random_ppl``/``vs_random`` and ``below_both``."""
+    (the uniform slice counts bracketing its bits), ``random_ppl``/``vs_random``, ``oracle_ppl``/``vs_oracle``
+    and ``below_both``."""
 
     ppl: float
     nll: float
@@ -155,7 +156,7 @@ class TextResult(JsonRecord):
     window_nll: list[float] | None = None
     window_tokens: list[int] | None = None
     avg_bits_per_weight: float | None = None
-    target_bits_per_weight: float | None = None  # random-routing rows: the τ row's bits they aim at
+    target_bits_per_weight: float | None = None  # random/oracle-routing rows: the τ row's bits they aim at
     vs_float: dict[str, Any] | None = None
     #: int8-activation rows: paired ratio over the float-activation run of the same model
     vs_float_activations: dict[str, Any] | None = None
@@ -165,6 +166,8 @@ class TextResult(JsonRecord):
     interpolated_between: list[float] | None = None
     random_ppl: float | None = None
     vs_random: dict[str, Any] | None = None
+    oracle_ppl: float | None = None
+    vs_oracle: dict[str, Any] | None = None
     below_both: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     json_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -177,6 +180,8 @@ class TextResult(JsonRecord):
         "interpolated_between",
         "random_ppl",
         "vs_random",
+        "oracle_ppl",
+        "vs_oracle",
         "below_both",
     )
 
@@ -250,6 +255,7 @@ class ReportRow(JsonRecord):
     backend: str | None = None  # "ort": scored in ONNX Runtime only (``results`` are ORT's)
     accuracy_level: int | None = None  # ORT-only rows: accuracy_level of the quantized MatMuls
     random_routing: dict[str, Any] | None = None  # random-routing rows: seed, per-text counts, τ row
+    oracle_routing: dict[str, Any] | None = None  # oracle-routing rows: per-text counts, τ row
     seconds: float | None = None  # since the command started, when the row was done
     ort: OrtPart | None = None
     speed: dict[str, dict[str, Any]] | None = None  # thread count → Speed.to_dict()

@@ -30,7 +30,7 @@ from mbq_onnx.baselines import (
 from mbq_onnx.export.routers import grouped_routers
 from mbq_onnx.model.artifact import Artifact, build_model
 from mbq_onnx.model.linear import MixedBitLinear, iter_mixed_bit_linears
-from mbq_onnx.model.routing import RandomCounts, RoutingContext
+from mbq_onnx.model.routing import OracleCounts, RandomCounts, RoutingContext
 from mbq_onnx.model.surgery import decoder_layers
 from mbq_onnx.quant.spec import QuantSpec
 
@@ -368,23 +368,24 @@ def eval_single(
 RANDOM_ROUTING_SEED = 0
 
 
-def eval_mbq_random(
+def _eval_at_tau_bits(
     setup: EvalSetup,
     artifact: Artifact,
     tau_row: ReportRow | Mapping[str, Any],
-    model: tuple[nn.Module, RoutingContext] | None = None,
-    seed: int = RANDOM_ROUTING_SEED,
-) -> ReportRow:
-    """The random-routing baseline of a τ row: every token of every routed call gets one of the two slice
-    counts bracketing the τ row's average bits on that text, at random (seeded), with the probability that
-    matches it (:meth:`RandomCounts.for_bits`). Same model, same windows: only the routing decisions differ,
-    so it tells what the trained routers add over spending the same bits blindly."""
+    method: str,
+    policy_for: Callable[[float], RandomCounts],
+    install: Callable[[RoutingContext, RandomCounts | None], None],
+    model: tuple[nn.Module, RoutingContext] | None,
+) -> tuple[ReportRow, dict[str, dict[str, float]]]:
+    """Row ``method`` of a τ row's artifact with the routers replaced, per text, by ``policy_for(the τ
+    row's bits there)`` (``install`` puts a policy into the routing context, ``None`` takes it out); also
+    the policies' ``{low, high, p_high}`` by text."""
     spec = artifact.spec
     tau_row = ReportRow.coerce(tau_row)
     m, ctx = model or load_mobiquant(artifact)
     tau = float(tau_row.tau)
-    name = label("mbq-random", tau=tau)
-    old_random, old_force = ctx.random_counts, ctx.force_slices
+    name = label(method, tau=tau)
+    old_force = ctx.force_slices
     meter = AvgBitsMeter(m, ctx, spec)
     base_fn = torch_logits_fn(m)
 
@@ -398,16 +399,17 @@ def eval_mbq_random(
         ctx.force_slices = None
         for text in setup.texts:
             target = tau_row.results[text].bits
-            policy = RandomCounts.for_bits(target, spec.cum_bits, seed=seed)
-            ctx.random_counts = policy
+            policy = policy_for(target)
+            install(ctx, policy)
             results.update(setup.only(text).run(fn, name, meter.average, reset=meter.reset))
             results[text].target_bits_per_weight = target
             policies[text] = {"low": policy.low, "high": policy.high, "p_high": policy.p_high}
     finally:
         meter.close()
-        ctx.random_counts, ctx.force_slices = old_random, old_force
-    return _row(
-        "mbq-random",
+        install(ctx, None)
+        ctx.force_slices = old_force
+    row = _row(
+        method,
         name,
         bits=None,
         group_size=spec.group_size,
@@ -415,5 +417,67 @@ def eval_mbq_random(
         model_bytes=artifact_bytes(artifact, spec.num_slices),
         results=results,
         artifact=artifact.path.name,
-        random_routing={"seed": seed, "counts": policies, "of": tau_row.label},
     )
+    return row, policies
+
+
+def eval_mbq_random(
+    setup: EvalSetup,
+    artifact: Artifact,
+    tau_row: ReportRow | Mapping[str, Any],
+    model: tuple[nn.Module, RoutingContext] | None = None,
+    seed: int = RANDOM_ROUTING_SEED,
+) -> ReportRow:
+    """The random-routing baseline of a τ row: every token of every routed call gets one of the two slice
+    counts bracketing the τ row's average bits on that text, at random (seeded), with the probability that
+    matches it (:meth:`RandomCounts.for_bits`). Same model, same windows: only the routing decisions differ,
+    so it tells what the trained routers add over spending the same bits blindly."""
+
+    def install(ctx: RoutingContext, policy: RandomCounts | None) -> None:
+        ctx.random_counts = policy
+
+    cum_bits = artifact.spec.cum_bits
+    row, policies = _eval_at_tau_bits(
+        setup,
+        artifact,
+        tau_row,
+        "mbq-random",
+        lambda bits: RandomCounts.for_bits(bits, cum_bits, seed=seed),
+        install,
+        model,
+    )
+    row.random_routing = {"seed": seed, "counts": policies, "of": ReportRow.coerce(tau_row).label}
+    return row
+
+
+def eval_mbq_oracle(
+    setup: EvalSetup,
+    artifact: Artifact,
+    tau_row: ReportRow | Mapping[str, Any],
+    model: tuple[nn.Module, RoutingContext] | None = None,
+) -> ReportRow:
+    """The oracle-routing reference of a τ row: the same two bracketing counts and share of tokens as its
+    random-routing baseline, but in every routed call the extra slice goes to the tokens whose linear
+    output it changes most (:class:`OracleCounts`: reads the weights, ranks the whole window). What a
+    router that judged tokens by their linear's own output error could reach at the τ row's bits."""
+    if artifact.granularity != "linear":
+        raise ValueError(
+            f"oracle routing needs per-linear routers; artifact {artifact.path} has granularity "
+            f"{artifact.granularity!r}"
+        )
+
+    def install(ctx: RoutingContext, policy: RandomCounts | None) -> None:
+        ctx.oracle_counts = policy
+
+    cum_bits = artifact.spec.cum_bits
+    row, policies = _eval_at_tau_bits(
+        setup,
+        artifact,
+        tau_row,
+        "mbq-oracle",
+        lambda bits: OracleCounts.for_bits(bits, cum_bits),
+        install,
+        model,
+    )
+    row.oracle_routing = {"counts": policies, "of": ReportRow.coerce(tau_row).label}
+    return row

@@ -251,7 +251,11 @@ def export_artifact(
                     "group_size": spec.group_size,
                     "num_slices": spec.num_slices,
                     "bits_at_slices": list(spec.cum_bits),
-                    "router": {"granularity": art.granularity, "hidden": art.router_hidden},
+                    "router": {
+                        "granularity": art.granularity,
+                        "hidden": art.router_hidden,
+                        "tau_schedule": art.tau_schedule,
+                    },
                     "accuracy_level": None if reference else accuracy_level,
                     "tau_range": list(TAU_RANGE),
                     "tau_table": art.tau_table,

@@ -41,6 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from ..model.linear import MixedBitLinear
+from ..model.routing import DEFAULT_TAU_SCHEDULE, check_tau_schedule
 from ..model.surgery import decoder_layers
 from ..quant.packing import pack, unpack
 from ..quant.residual import minmax_params, quantize_linear
@@ -156,15 +157,23 @@ def _mixed_bit_matmul(
     )  # fmt: skip
 
 
-def _thresholds(graph: _Graph, num_slices: int) -> str:
-    """``[0, t, …, t, 0]`` from ``tau``/``force_slices`` (``routers.routing_thresholds``), once per graph."""
+def _thresholds(graph: _Graph, num_slices: int, schedule: str) -> str:
+    """``[0, t_1, …, t_{S-1}, 0]`` from ``tau``/``force_slices`` under the τ schedule
+    (``routers.routing_thresholds``: the same float32 operations), once per graph."""
     c = lambda name, v, dt=np.float32: graph.init(f"/mbq/thr/{name}", np.asarray(v, dt))  # noqa: E731
     p = "/mbq/thr/"
-    graph.node("Sub", [c("one", 1.0), "tau"], [p + "1-tau"], p + "Sub")
-    graph.node("Log", ["tau"], [p + "log_tau"], p + "Log0")
-    graph.node("Log", [p + "1-tau"], [p + "log_1-tau"], p + "Log1")
-    graph.node("Sub", [p + "log_tau", p + "log_1-tau"], [p + "logit"], p + "Logit")
-    graph.node("Expand", [p + "logit", c("shape", [num_slices - 1], np.int64)], [p + "thr_tau"], p + "Expand")
+    gates = num_slices - 1
+    if check_tau_schedule(schedule) == "shared":
+        graph.node("Expand", ["tau", c("shape", [gates], np.int64)], [p + "tau_j"], p + "Expand")
+    else:  # tau_j = clamp(j - G·(1 - tau), 0, 1)
+        graph.node("Sub", [c("one", 1.0), "tau"], [p + "1-tau"], p + "Sub")
+        graph.node("Mul", [c("G", float(gates)), p + "1-tau"], [p + "G(1-tau)"], p + "Mul")
+        graph.node("Sub", [c("jf", np.arange(1, num_slices)), p + "G(1-tau)"], [p + "pre"], p + "SubJ")
+        graph.node("Clip", [p + "pre", c("zero_f", 0.0), c("one_f", 1.0)], [p + "tau_j"], p + "Clip")
+    graph.node("Sub", [c("one_j", 1.0), p + "tau_j"], [p + "1-tau_j"], p + "Sub1")
+    graph.node("Log", [p + "tau_j"], [p + "log_tau"], p + "Log0")
+    graph.node("Log", [p + "1-tau_j"], [p + "log_1-tau"], p + "Log1")
+    graph.node("Sub", [p + "log_tau", p + "log_1-tau"], [p + "thr_tau"], p + "Logit")
     graph.node("Less", [c("j", np.arange(1, num_slices), np.int64), "force_slices"], [p + "on"], p + "Less")
     graph.node("Where", [p + "on", c("ninf", -np.inf), c("pinf", np.inf)], [p + "thr_force"], p + "WhereF")
     graph.node("Greater", ["force_slices", c("zero_i", 0, np.int64)], [p + "forced"], p + "Forced")
@@ -220,7 +229,8 @@ def rewrite_graph(
     groups: list[RouterGroup] = []
     count_outputs: list[str] = []
     S = spec.num_slices
-    thresholds = _thresholds(graph, S) if granularity != "none" else None
+    schedule = hf_model.mbq_ctx.tau_schedule if hasattr(hf_model, "mbq_ctx") else DEFAULT_TAU_SCHEDULE
+    thresholds = _thresholds(graph, S, schedule) if granularity != "none" else None
     if granularity == "none":  # every row at force_slices (clamped to 1..S), or S when 0
         graph.init("/mbq/S", np.asarray(S, np.int64))
         graph.node("Clip", ["force_slices", graph.init("/mbq/one_i", np.asarray(1, np.int64)), "/mbq/S"],

@@ -40,7 +40,13 @@ import torch
 from torch import Tensor, nn
 
 from ..model.linear import MixedBitLinear
-from ..model.routing import RoutingContext, SliceRouter, attach_block_router
+from ..model.routing import (
+    DEFAULT_TAU_SCHEDULE,
+    RoutingContext,
+    SliceRouter,
+    attach_block_router,
+    gate_taus,
+)
 from ..model.surgery import decoder_layers
 
 OP_NAME = "mbq::router_counts"
@@ -82,11 +88,14 @@ def _(x, thresholds, w1, b1, w2, b2, pad, members, combine=0):
     return x.new_empty(shape, dtype=torch.int64)
 
 
-def routing_thresholds(tau: float | Tensor, force: int | Tensor | None, num_slices: int) -> Tensor:
-    """``[0, t_1, …, t_{S-1}, 0]`` float32: ``t_j = logit(tau)``, or with ``force = k > 0`` ``-inf`` for
-    ``j < k`` and ``+inf`` otherwise (``k`` slices, clamped to 1..S as in ``apply_force``)."""
-    tau_t = torch.as_tensor(tau, dtype=torch.float32)
-    thr = (torch.log(tau_t) - torch.log(1 - tau_t)).expand(num_slices - 1)  # as in slice_counts
+def routing_thresholds(
+    tau: float | Tensor, force: int | Tensor | None, num_slices: int, schedule: str = DEFAULT_TAU_SCHEDULE
+) -> Tensor:
+    """``[0, t_1, …, t_{S-1}, 0]`` float32: ``t_j = logit(tau_j)`` with ``tau_j`` the gate thresholds of the
+    τ schedule (:func:`~mbq_onnx.model.routing.gate_taus`), or with ``force = k > 0`` ``-inf`` for ``j < k``
+    and ``+inf`` otherwise (``k`` slices, clamped to 1..S as in ``apply_force``)."""
+    tau_j = gate_taus(tau, num_slices, schedule)
+    thr = torch.log(tau_j) - torch.log(1 - tau_j)  # as in slice_counts
     if force is not None:
         force_t = torch.as_tensor(force, dtype=torch.int64)
         j = torch.arange(1, num_slices)
@@ -191,7 +200,7 @@ class _State:
         """One threshold vector per (tau, force_slices) of the forward (one set of graph nodes)."""
         tau, force = self.ctx.tau, self.ctx.force_slices
         if not (self.cache and self.cache[0] is tau and self.cache[1] is force):
-            self.cache = (tau, force, routing_thresholds(tau, force, num_slices))
+            self.cache = (tau, force, routing_thresholds(tau, force, num_slices, self.ctx.tau_schedule))
         return self.cache[2]
 
     def record(self, counts: Tensor) -> None:

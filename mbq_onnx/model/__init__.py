@@ -9,13 +9,14 @@ from .linear import (
     set_weight_cache,
 )
 from .ops import mixed_bit_matmul
-from .routing import RandomCounts, RoutingContext, SliceRouter, slice_counts, slice_gates
+from .routing import OracleCounts, RandomCounts, RoutingContext, SliceRouter, slice_counts, slice_gates
 from .surgery import capture_layer_inputs, decoder_layers, set_submodule
 
 __all__ = [
     "Artifact",
     "ArtifactError",
     "MixedBitLinear",
+    "OracleCounts",
     "RandomCounts",
     "RoutingContext",
     "SliceRouter",

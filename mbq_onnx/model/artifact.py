@@ -27,7 +27,14 @@ from .linear import (
     block_key_of,
     iter_mixed_bit_linears,
 )
-from .routing import DEFAULT_HIDDEN, RoutingContext, SliceRouter, attach_block_router
+from .routing import (
+    DEFAULT_HIDDEN,
+    DEFAULT_TAU_SCHEDULE,
+    TAU_SCHEDULES,
+    RoutingContext,
+    SliceRouter,
+    attach_block_router,
+)
 from .surgery import decoder_layers, decoder_layers_name, set_submodule
 
 FORMAT = "mbq-artifact"
@@ -40,6 +47,8 @@ REPORT_FILE = "calibration_report.json"
 #: τ-table key of the average bits per routed call: every routed call (a linear with its router, or a block
 #: router) counts once per token — unlike a report's ``avg_bits_per_weight``, which weights each call by the
 #: weights it reads. Artifacts written before the rename used ``avg_bits``; both load.
+#: The τ schedule of artifacts whose router config names none (written before schedules existed).
+LEGACY_TAU_SCHEDULE = "shared"
 TAU_TABLE_BITS = "avg_bits_per_call"
 OLD_TAU_TABLE_BITS = "avg_bits"
 
@@ -77,6 +86,9 @@ class Artifact:
     tau_table: list[dict[str, float]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    #: how τ sets the gate thresholds (:func:`~mbq_onnx.model.routing.gate_taus`); artifacts written before
+    #: the schedule existed have none in their config and route every gate at τ (``"shared"``)
+    tau_schedule: str = LEGACY_TAU_SCHEDULE
 
 
 def _tied_output_name(model: nn.Module, state: Mapping[str, Tensor]) -> str | None:
@@ -97,6 +109,7 @@ def _tied_output_name(model: nn.Module, state: Mapping[str, Tensor]) -> str | No
 
 
 def _router_config(model: nn.Module, granularity: str | None) -> dict[str, Any]:
+    """``{"granularity", "hidden", "tau_schedule"}`` of ``model``'s routers (the schedule: its context's)."""
     routers = [m for m in model.modules() if isinstance(m, SliceRouter)]
     if granularity is None:
         granularity = getattr(model, "mbq_granularity", None)
@@ -107,7 +120,12 @@ def _router_config(model: nn.Module, granularity: str | None) -> dict[str, Any]:
         raise ArtifactError(f"router granularity {granularity!r}: expected one of {GRANULARITIES}")
     if granularity != "none" and not routers:
         raise ArtifactError(f"router granularity {granularity!r} but the model has no SliceRouter")
-    return {"granularity": granularity, "hidden": routers[0].hidden if routers else DEFAULT_HIDDEN}
+    ctx = getattr(model, "mbq_ctx", None)
+    return {
+        "granularity": granularity,
+        "hidden": routers[0].hidden if routers else DEFAULT_HIDDEN,
+        "tau_schedule": ctx.tau_schedule if ctx is not None else DEFAULT_TAU_SCHEDULE,
+    }
 
 
 def save_artifact(
@@ -246,6 +264,11 @@ def load_artifact(path: str | os.PathLike, expected_spec: QuantSpec | None = Non
         raise ArtifactError(
             f"{cfg_path}: router granularity {granularity!r}, expected one of {GRANULARITIES}"
         )
+    tau_schedule = router.get("tau_schedule", LEGACY_TAU_SCHEDULE)
+    if tau_schedule not in TAU_SCHEDULES:
+        raise ArtifactError(
+            f"{cfg_path}: router tau_schedule {tau_schedule!r}, expected one of {TAU_SCHEDULES}"
+        )
     try:
         tensors = load_file(str(w_path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -293,6 +316,7 @@ def load_artifact(path: str | os.PathLike, expected_spec: QuantSpec | None = Non
         tau_table=[tau_table_row(r) for r in cfg.get("tau_table", [])],
         source=dict(cfg.get("source", {})),
         config=cfg,
+        tau_schedule=tau_schedule,
     )
 
 
@@ -311,7 +335,7 @@ def build_model(
     :class:`MixedBitLinear` + routers and load all weights. Returns ``(model in eval mode, ctx)``.
 
     ``cache_weights``: keep dense per-slice-count weights for fast eager inference (see
-    :meth:`MixedBitLinear.cache_weights`)."""
+    :meth:`MixedBitLinear.cache_weights`). ``ctx`` (default a new one) takes the artifact's τ schedule."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -330,6 +354,7 @@ def build_model(
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     spec, ctx = artifact.spec, ctx if ctx is not None else RoutingContext()
+    ctx.tau_schedule = artifact.tau_schedule
     for name, info in artifact.quantized.items():
         try:
             model.get_submodule(name)

@@ -93,9 +93,18 @@ class MixedBitLinear(nn.Module):
             [self.dequantized_weight(s) for s in range(1, self.spec.num_slices + 1)] if enabled else None
         )
 
+    def _weight_at(self, n_slices: int) -> Tensor:
+        return self._dense[n_slices - 1] if self._dense is not None else self.dequantized_weight(n_slices)
+
     def slice_counts(self, x: Tensor) -> Tensor:
-        """int64 counts ``x.shape[:-1]`` for this call (see class docstring)."""
+        """int64 counts ``x.shape[:-1]`` for this call (see class docstring; ``ctx.oracle_counts`` first)."""
         ctx = self.ctx
+        if ctx is not None and ctx.oracle_counts is not None:
+            oracle = ctx.oracle_counts
+            counts = oracle.counts(x, self._weight_at(oracle.high) - self._weight_at(oracle.low))
+            if ctx.record:
+                ctx.records.append(counts)
+            return counts
         if self.router is None and self.block_key is not None and ctx is not None:
             counts = ctx.block_counts.get(self.block_key)
             if counts is not None:

@@ -28,16 +28,25 @@ MAX_TABLE_POINTS = 9
 
 
 def probe_grid(session: MbqSession) -> list[float]:
-    """{0, 1} ∪ up to 9 τ values of the model's tau_table (clipped to [0, 1]), padded to >= 5 points."""
-    table = sorted(
+    """{0, 1} ∪ up to 9 τ values of the model's tau_table (clipped to [0, 1]) — the rows nearest to evenly
+    spaced average bits, so a τ schedule that moves the bits fast somewhere (bracketed: just above each
+    uniform point) is sampled where the latency changes — padded to >= 5 points."""
+    rows = sorted(
         {
-            min(max(float(row["tau"]), 0.0), 1.0)
+            (min(max(float(row["tau"]), 0.0), 1.0), float(bits))
             for row in session.config.tau_table
-            if isinstance(row, dict) and isinstance(row.get("tau"), int | float) and np.isfinite(row["tau"])
+            if isinstance(row, dict)
+            and isinstance(row.get("tau"), int | float)
+            and np.isfinite(row["tau"])
+            # the table's bits per routed call (``avg_bits`` in exports of older artifacts)
+            and isinstance(bits := row.get("avg_bits_per_call", row.get("avg_bits")), int | float)
         }
     )
-    stride = max(1, -(-len(table) // MAX_TABLE_POINTS))  # ceil; 1 for an empty table
-    taus = {0.0, 1.0, *table[::stride]}
+    taus = {0.0, 1.0}
+    if rows:
+        bits = np.array([b for _, b in rows])
+        for target in np.linspace(bits.min(), bits.max(), MAX_TABLE_POINTS):
+            taus.add(rows[int(np.abs(bits - target).argmin())][0])
     if len(taus) < 5:
         taus.update(EXTRA_GRID)
     return sorted(taus)

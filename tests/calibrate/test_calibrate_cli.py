@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from mbq_onnx.calibrate.config import default_tau_grid
+
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -99,7 +101,15 @@ def test_cli_on_a_small_model_with_the_embedded_tokenizer(tmp_path, tiny_llama):
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["slice_bits"] == [4, 2, 2] and cfg["source"]["preset"] == "fast"
-    assert len(cfg["tau_table"]) == 24  # the default τ grid: 5 low values, then 0.05 … 0.95
+    # the default τ grid: the 24 gate thresholds (5 low values, then 0.05 … 0.95) in each gate's τ range of
+    # the bracketed schedule, and the uniform 6-bit point between them
+    assert [r["tau"] for r in cfg["tau_table"]] == pytest.approx(default_tau_grid(3, "bracketed"), abs=1e-6)
+    assert len(cfg["tau_table"]) == 2 * 24 + 1 and cfg["router"]["tau_schedule"] == "bracketed"
+    bits = [r["avg_bits_per_call"] for r in cfg["tau_table"]]
+    assert (
+        bits == sorted(bits, reverse=True)
+        and next(r for r in cfg["tau_table"] if r["tau"] == 0.5)["avg_bits_per_call"] == 6.0
+    )
     report = json.loads((out / "calibration_report.json").read_text())
     assert report["samples"] == [4, 32] and len(report["blocks"]) == 2
     assert (out / "tokenizer.json").is_file()

@@ -19,6 +19,7 @@ SAMPLES = {
     "mbq-uniform": M.Variant("mbq-uniform", bits=4, slices=1),
     "mbq-tau": M.Variant("mbq-tau", tau=0.5),
     "mbq-random": M.Variant("mbq-random", tau=0.5),
+    "mbq-oracle": M.Variant("mbq-oracle", tau=0.5),
     "mbq-int8act": M.Variant("mbq-int8act", bits=4, slices=1, accuracy_level=4),
     "matmul-nbits": M.Variant("matmul-nbits", bits=4, group_size=32),
 }
@@ -52,6 +53,7 @@ def test_labels_are_stable():
         "mbq-uniform": "MoBiQuant 1 slice (4-bit)",
         "mbq-tau": "MoBiQuant τ=0.5",
         "mbq-random": "MoBiQuant random routing (bits of τ=0.5)",
+        "mbq-oracle": "MoBiQuant oracle routing (bits of τ=0.5)",
         "mbq-int8act": "MoBiQuant 1 slice (4-bit), int8 activations",
         "matmul-nbits": "ORT MatMulNBits int4 b32",
     }
@@ -75,10 +77,11 @@ def test_the_report_and_the_command_read_the_table():
     assert M.METHOD_KEYS[-len(ort_only) :] == tuple(ort_only)  # ORT-only rows come after the ORT exports
     # random-routing rows need their τ row: it comes first
     assert M.METHOD_KEYS.index("mbq-tau") < M.METHOD_KEYS.index("mbq-random")
+    assert M.METHOD_KEYS.index("mbq-tau") < M.METHOD_KEYS.index("mbq-oracle")
 
 
 def _row(v: M.Variant, ppl: float) -> ReportRow:
-    bits = None if v.method in ("float", "mbq-tau", "mbq-random") else v.bits
+    bits = None if v.method in ("float", "mbq-tau", "mbq-random", "mbq-oracle") else v.bits
     avg = 32.0 if v.method == "float" else float(bits or 5.0)
     res = TextResult(ppl, 10.0, 9, 1, 10, avg_bits_per_weight=avg)
     return ReportRow(v.method, v.label, bits, v.group_size, v.slices, v.tau, 1000, {"t": res})

@@ -80,11 +80,11 @@ def test_with_an_artifact_every_method_in_table_order(tiny_artifact, model_dir, 
     plan = _plan(
         "--artifact", str(tiny_artifact()), "--model", str(model_dir), "--quick", "--bits", "4,8",
         "--taus", "0.3,0.7", "--texts", "moby", "--text", str(story), "--exports", str(tmp_path / "exports"),
-        "--output", str(tmp_path / "r"), "--int8-cost",
+        "--output", str(tmp_path / "r"), "--int8-cost", "--oracle",
     )  # fmt: skip
     methods = [v.method for v in plan.variants]
     assert methods == sorted(methods, key=METHOD_KEYS.index)
-    assert set(methods) == set(METHOD_KEYS)  # an artifact, ORT and --int8-cost: every method has rows
+    assert set(methods) == set(METHOD_KEYS)  # an artifact, ORT, --int8-cost, --oracle: every method has rows
     assert plan.labels == [
         "float32",
         "RTN 4-bit g16", "RTN 8-bit g16",
@@ -93,6 +93,7 @@ def test_with_an_artifact_every_method_in_table_order(tiny_artifact, model_dir, 
         "MoBiQuant 1 slice (4-bit)", "MoBiQuant 2 slices (6-bit)", "MoBiQuant 3 slices (8-bit)",
         "MoBiQuant τ=0.3", "MoBiQuant τ=0.7",
         "MoBiQuant random routing (bits of τ=0.3)", "MoBiQuant random routing (bits of τ=0.7)",
+        "MoBiQuant oracle routing (bits of τ=0.3)", "MoBiQuant oracle routing (bits of τ=0.7)",
         "MoBiQuant 1 slice (4-bit), int8 activations", "MoBiQuant 2 slices (6-bit), int8 activations",
         "MoBiQuant 3 slices (8-bit), int8 activations",
         "ORT MatMulNBits int4 b16", "ORT MatMulNBits int8 b16",

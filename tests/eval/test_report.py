@@ -55,6 +55,11 @@ def report(tmp_path_factory):
             rnd = V.eval_mbq_random(setup, art, row, model=mbq)
             rnd["granularity"] = gran
             rows.append(rnd)
+            if gran == "linear":
+                rows.append(V.eval_mbq_oracle(setup, art, row, model=mbq))
+            else:
+                with pytest.raises(ValueError, match="oracle routing needs per-linear routers"):
+                    V.eval_mbq_oracle(setup, art, row, model=mbq)
     out = tmp_path_factory.mktemp("reports")
     paths = write_report(rep, out)
     return rep, paths
@@ -183,6 +188,19 @@ def test_tau_rows_compare_with_interpolation_and_random_routing(report):
             # random routing spends the τ row's bits (independent draws over 3 x 64 tokens x 14 calls)
             assert rnd["results"][t]["target_bits_per_weight"] == b
             assert rnd["results"][t]["avg_bits_per_weight"] == pytest.approx(b, abs=0.15)
+            oracle = [
+                r
+                for r in rows
+                if r["method"] == "mbq-oracle" and r["tau"] == row["tau"] and r["artifact"] == row["artifact"]
+            ]
+            if row["granularity"] == "block":
+                assert not oracle and res.get("oracle_ppl") is None
+                continue
+            # the oracle gives the same share of every call's tokens the extra slice: the τ row's bits
+            assert res["oracle_ppl"] == oracle[0]["results"][t]["ppl"]
+            assert res["vs_oracle"]["ratio"] == pytest.approx(res["ppl"] / res["oracle_ppl"])
+            assert oracle[0]["results"][t]["avg_bits_per_weight"] == pytest.approx(b, abs=0.05)
+    assert "oracle routing" in table and "τ vs oracle (paired)" in table
 
 
 def test_old_reports_with_avg_bits_still_read(report):

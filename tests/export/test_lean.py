@@ -63,7 +63,7 @@ def test_default_export_is_lean_with_fused_ops(lean_models):
 
 
 @pytest.mark.parametrize("gran", ["linear", "block", "none"])
-@pytest.mark.parametrize(("tau", "force"), [(0.5, 0), (0.2, 0), (0.8, 0), (0.5, 1), (0.5, 3)])
+@pytest.mark.parametrize(("tau", "force"), [(0.7, 0), (0.2, 0), (0.8, 0), (0.5, 1), (0.5, 3)])
 def test_logits_and_decisions_match_torch(lean_models, gran, tau, force):
     art, model_dir = lean_models[gran]
     session = MbqSession(model_dir)
@@ -96,13 +96,13 @@ def test_cached_decode_equals_full_prefill_and_grows_the_buffer(lean_models):
     _, model_dir = lean_models["linear"]
     session = MbqSession(model_dir, threads=1)
     ids = np.random.RandomState(3).randint(0, 256, (1, 20))
-    full = session.run(ids, session.empty_cache(), tau=0.5, all_positions=True).logits
+    full = session.run(ids, session.empty_cache(), tau=0.7, all_positions=True).logits
     cache = session.empty_cache(capacity=4)
-    out = session.run(ids[:, :7], cache, tau=0.5)
+    out = session.run(ids[:, :7], cache, tau=0.7)
     assert out.present is cache and cache.length == 7 and cache.capacity >= 7
     np.testing.assert_allclose(out.logits[0], full[0, 6], atol=TINY_LOGITS_ATOL)
     for t in range(7, 20):
-        out = session.run(ids[:, t : t + 1], out.present, tau=0.5)
+        out = session.run(ids[:, t : t + 1], out.present, tau=0.7)
         np.testing.assert_allclose(out.logits[0], full[0, t], atol=TINY_LOGITS_ATOL)
     assert cache.length == 20 and cache.capacity >= 20
     assert cache.arrays()[0].shape == (1, LEAN_HEADS["num_key_value_heads"], 20, 16)
@@ -115,7 +115,7 @@ def test_greedy_generation_matches_torch(lean_models):
     art, model_dir = lean_models["linear"]
     session = MbqSession(model_dir)
     prompt = [5, 17, 99, 3]
-    result = generate(session, prompt, FixedController(tau=0.5), max_new_tokens=10, stop_token_ids=[])
+    result = generate(session, prompt, FixedController(tau=0.7), max_new_tokens=10, stop_token_ids=[])
     model, ctx = build_model(art)
     ctx.tau = 0.5
     seq = list(prompt)
@@ -156,7 +156,7 @@ def test_ort_format(lean_models, tmp_path):
     a = MbqSession(model_dir)
     b = MbqSession(ort_dir)
     assert b.model_path.name == "model.ort"
-    ra, rb = (s.run(ids, s.empty_cache(), tau=0.5, all_positions=True) for s in (a, b))
+    ra, rb = (s.run(ids, s.empty_cache(), tau=0.7, all_positions=True) for s in (a, b))
     np.testing.assert_allclose(ra.logits, rb.logits, atol=TINY_LOGITS_ATOL)
     np.testing.assert_array_equal(ra.slice_counts, rb.slice_counts)
 
@@ -189,7 +189,7 @@ def test_mixed_lm_head_follows_each_tokens_precision(lean_models, tmp_path):
     codes = quantize_codes(w, scale, zero, spec)
     heads = {k: dequantize_codes(codes, scale, zero, spec, k) for k in range(1, spec.num_slices + 1)}
     ids = np.random.RandomState(6).randint(0, 256, (1, 14))
-    for tau, force in ((0.5, 0), (0.5, 1), (0.5, 3), (0.2, 0)):
+    for tau, force in ((0.7, 0), (0.5, 1), (0.5, 3), (0.2, 0)):
         out = session.run(ids, session.empty_cache(), tau=tau, force_slices=force, all_positions=True)
         ctx.tau, ctx.force_slices = tau, (force or None)
         with torch.no_grad(), grouped_routers(model, ctx, combine_max=True):

@@ -16,14 +16,14 @@ from mbq_onnx.model import build_model
 from mbq_onnx.model.routing import SliceRouter
 
 CASES = [
-    (0.5, None),
+    (0.7, None),
     (0.3, None),
     (0.0, None),
     (1.0, None),
     (torch.tensor(0.6), torch.tensor(0)),
     (0.5, torch.tensor(2)),
     (0.5, torch.tensor(9)),  # clamped to S
-    (0.5, torch.tensor(-1)),  # <= 0: routers decide
+    (0.8, torch.tensor(-1)),  # <= 0: routers decide
     (0.5, 1),  # a Python int
 ]
 

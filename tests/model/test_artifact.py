@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mbq_onnx.model import ArtifactError, build_model, load_artifact, quantize_model, save_artifact
+from mbq_onnx.model import (
+    ArtifactError,
+    SliceRouter,
+    build_model,
+    load_artifact,
+    quantize_model,
+    save_artifact,
+)
 from mbq_onnx.quant.spec import QuantSpec
 
 
@@ -162,3 +169,30 @@ def test_tau_table_bits_key_old_and_new(tmp_path):
     art = load_artifact(path)
     assert art.tau_table == [{"tau": 0.5, "avg_slices": 2.0, "avg_bits_per_call": 6.0}]
     assert tau_table_bits({"tau": 0.1, "avg_bits": 7.0}) == tau_table_bits({"avg_bits_per_call": 7.0}) == 7.0
+
+
+def test_tau_schedule_is_stored_and_old_artifacts_route_every_gate_at_tau(tmp_path):
+    """New artifacts store their τ schedule (bracketed by default) and build a context with it; an artifact
+    without one (written before schedules existed) reads as ``"shared"``, so its τ table stays true; an
+    unknown schedule is an error naming it."""
+    from tiny_models import make_tiny_artifact
+
+    from mbq_onnx.model.routing import gate_taus, slice_counts
+
+    path = make_tiny_artifact(tmp_path / "a")
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["router"]["tau_schedule"] == "bracketed" and load_artifact(path).tau_schedule == "bracketed"
+    model, ctx = build_model(path)
+    assert ctx.tau_schedule == "bracketed"
+    router = next(m for m in model.modules() if isinstance(m, SliceRouter))
+    x = torch.randn(200, router.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert slice_counts(router(x), gate_taus(0.5, 3, ctx.tau_schedule)).eq(2).all()  # bracketed: 6 bits
+    del cfg["router"]["tau_schedule"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    assert load_artifact(path).tau_schedule == "shared"
+    assert build_model(path)[1].tau_schedule == "shared"
+    cfg["router"]["tau_schedule"] = "nested"
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="router tau_schedule 'nested', expected one of"):
+        load_artifact(path)

@@ -12,6 +12,7 @@ from mbq_onnx.model.routing import (
     RoutingContext,
     SliceRouter,
     apply_force,
+    gate_taus,
     routed_counts,
     slice_counts,
     slice_gates,
@@ -139,3 +140,80 @@ def test_random_routing_on_a_model_reads_the_target_bits(tiny_artifact) -> None:
         model(input_ids=torch.randint(0, 256, (1, 200), generator=torch.Generator().manual_seed(0)))
     assert meter.average() == pytest.approx(5.5, abs=0.05)
     meter.close()
+
+
+def test_oracle_routing_gives_the_extra_slice_where_it_changes_the_output_most(tiny_artifact) -> None:
+    """Through the real MixedBitLinear path: each routed call gives ``round(p·tokens)`` tokens the high count,
+    exactly those with the largest ``‖(W_high − W_low)·x‖²``, so its output error against the high-count
+    output is the smallest any choice of that many tokens reaches (random routing's is larger)."""
+    from mbq_onnx.eval.variants import AvgBitsMeter
+    from mbq_onnx.model import OracleCounts, build_model, iter_mixed_bit_linears, load_artifact
+
+    art = load_artifact(tiny_artifact())
+    model, ctx = build_model(art, cache_weights=True)
+    _, linear = next(iter_mixed_bit_linears(model))
+    oracle = OracleCounts.for_bits(5.0, art.spec.cum_bits)
+    assert (oracle.low, oracle.high, oracle.p_high) == (1, 2, pytest.approx(0.5))
+    x = torch.randn(2, 50, linear.in_features, generator=torch.Generator().manual_seed(1))
+    ctx.oracle_counts = oracle
+    counts = linear.slice_counts(x)
+    assert counts.shape == (2, 50) and set(counts.unique().tolist()) == {1, 2}
+    assert int(counts.eq(2).sum()) == 50
+    increment = linear.dequantized_weight(2) - linear.dequantized_weight(1)
+    gain = (x @ increment.T).pow(2).sum(-1)
+    assert gain[counts == 2].min() >= gain[counts == 1].max()
+
+    def error(policy_counts: torch.Tensor) -> float:  # the output error vs 2 slices, summed over tokens
+        return float(gain[policy_counts == 1].sum())
+
+    random = RandomCounts.for_bits(5.0, art.spec.cum_bits, seed=0).sample(counts.shape)
+    assert error(counts) < error(random)
+    # through a whole model: the recorded counts read the target bits
+    meter = AvgBitsMeter(model, ctx, art.spec)
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 256, (1, 200), generator=torch.Generator().manual_seed(0)))
+    assert meter.average() == pytest.approx(5.0, abs=0.01)
+    meter.close()
+    ctx.oracle_counts = None
+
+
+def test_bracketed_schedule_routes_one_gate_at_a_time() -> None:
+    """τ walks from all slices (0) to the base slice (1) one gate at a time: at any τ a token reads one of two
+    neighbouring slice counts, the bits fall monotonically, and τ = 1, 1 - 1/G, …, 0 are the
+    uniform counts. Two slices: the same as the shared schedule."""
+    for num_slices in (2, 3, 4):
+        gates = num_slices - 1
+        logits = torch.randn(4000, gates, generator=torch.Generator().manual_seed(num_slices)) * 3
+        means, previous = [], None
+        for tau in torch.linspace(0, 1, 201).tolist():
+            thr = gate_taus(tau, num_slices, "bracketed")
+            assert thr.shape == (gates,) and thr.dtype == torch.float32 and 0 <= thr.min() <= thr.max() <= 1
+            counts = slice_counts(logits, thr)
+            present = counts.unique().tolist()
+            assert len(present) <= 2 and present[-1] - present[0] <= 1, (num_slices, tau, present)
+            mean = counts.double().mean().item()
+            if previous is not None:
+                assert mean <= previous + 1e-12
+            previous = mean
+            means.append(mean)
+        assert means[0] == num_slices and means[-1] == 1
+        for j in range(num_slices):  # τ = 1 - j/G: j + 1 slices for every token, whatever the logits
+            assert slice_counts(logits, gate_taus(1 - j / gates, num_slices, "bracketed")).eq(j + 1).all()
+    assert torch.equal(gate_taus(0.3, 2, "bracketed"), gate_taus(0.3, 2, "shared"))
+    assert gate_taus(torch.tensor(0.75), 3, "bracketed").tolist() == [0.5, 1.0]
+    with pytest.raises(ValueError, match="tau schedule 'linear'"):
+        gate_taus(0.5, 3, "linear")
+    with pytest.raises(ValueError, match="tau schedule"):
+        RoutingContext(tau_schedule="nested")
+
+
+def test_routed_counts_follow_the_context_schedule() -> None:
+    router = SliceRouter(8, 3, hidden=4)
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    logits = router(x)
+    for schedule in ("bracketed", "shared"):
+        ctx = RoutingContext(tau=0.6, tau_schedule=schedule)
+        want = slice_counts(logits, gate_taus(0.6, 3, schedule))
+        assert torch.equal(routed_counts(x, router, ctx, 3), want)
+    shared = slice_counts(logits, 0.6)
+    assert torch.equal(routed_counts(x, router, RoutingContext(tau=0.6, tau_schedule="shared"), 3), shared)

@@ -32,21 +32,21 @@ def session(exported_model: Path) -> MbqSession:
 
 
 def greedy(session: MbqSession, n: int = 24, **kw) -> list[int]:
-    return generate(session, PROMPT, FixedController(tau=0.5), n, stop_token_ids=(), **kw).token_ids
+    return generate(session, PROMPT, FixedController(tau=0.7), n, stop_token_ids=(), **kw).token_ids
 
 
 def test_kv_cache_decode_matches_full_forward(session: MbqSession) -> None:
     """Logits after cached decode steps equal a cache-free forward over the whole sequence."""
     ids = session.tokenizer.encode(PROMPT).ids
     for force in (1, 3, 0):
-        out = session.run(np.array([ids], np.int64), session.empty_cache(), tau=0.5, force_slices=force)
+        out = session.run(np.array([ids], np.int64), session.empty_cache(), tau=0.7, force_slices=force)
         seq, past = list(ids), out.present
         for _ in range(5):
             nxt = int(np.argmax(out.logits[0]))
             seq.append(nxt)
-            out = session.run(np.array([[nxt]], np.int64), past, tau=0.5, force_slices=force)
+            out = session.run(np.array([[nxt]], np.int64), past, tau=0.7, force_slices=force)
             past = out.present
-        full = session.run(np.array([seq], np.int64), session.empty_cache(), tau=0.5, force_slices=force)
+        full = session.run(np.array([seq], np.int64), session.empty_cache(), tau=0.7, force_slices=force)
         np.testing.assert_allclose(out.logits, full.logits, rtol=1e-4, atol=1e-4)
         assert cache_length(past) == len(seq)
 
@@ -88,7 +88,7 @@ def test_stop_tokens_and_streaming(session: MbqSession) -> None:
     res = generate(
         session,
         PROMPT,
-        FixedController(tau=0.5),
+        FixedController(tau=0.7),
         16,
         stop_token_ids=[stop],
         on_token=lambda tid, t: (streamed.append(tid), text.append(t)),
