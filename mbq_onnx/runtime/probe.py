@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +28,22 @@ EXTRA_GRID = (0.25, 0.5, 0.75)
 MAX_TABLE_POINTS = 9
 
 
-def probe_grid(session: MbqSession) -> list[float]:
-    """{0, 1} ∪ up to 9 τ values of the model's tau_table (clipped to [0, 1]) — the rows nearest to evenly
-    spaced average bits, so a τ schedule that moves the bits fast somewhere (bracketed: just above each
-    uniform point) is sampled where the latency changes — padded to >= 5 points."""
+def probe_grid(tau_table: Sequence[object]) -> list[float]:
+    """{0, 1} ∪ up to 9 τ values of ``tau_table`` (``mbq_config.json``'s rows, τ clipped to [0, 1]) — the
+    rows nearest to evenly spaced average bits, so a τ schedule that moves the bits fast somewhere
+    (bracketed: just above each uniform point) is sampled where the latency changes — padded to >= 5
+    points. Rows without finite τ and bits are skipped. The Android probe (``LatencyProbe.grid``) gives
+    the same grid: both are checked against ``tests/android/fixtures/probe_grid.json``."""
     rows = sorted(
         {
             (min(max(float(row["tau"]), 0.0), 1.0), float(bits))
-            for row in session.config.tau_table
+            for row in tau_table
             if isinstance(row, dict)
             and isinstance(row.get("tau"), int | float)
             and np.isfinite(row["tau"])
             # the table's bits per routed call (``avg_bits`` in exports of older artifacts)
             and isinstance(bits := row.get("avg_bits_per_call", row.get("avg_bits")), int | float)
+            and np.isfinite(bits)
         }
     )
     taus = {0.0, 1.0}
@@ -91,7 +95,7 @@ def measure_map(session: MbqSession, steps: int = 4, rounds: int = 2, progress: 
         raise ValueError("probe steps and rounds must be >= 1")
     ids = np.array([session.tokenizer.encode(PROBE_TEXT).ids], np.int64)
     prefill = session.run(ids, session.empty_cache(), tau=0.0)
-    grid = probe_grid(session)
+    grid = probe_grid(session.config.tau_table)
     lat: dict[float, list[float]] = {t: [] for t in grid}
     bits: dict[float, list[float]] = {t: [] for t in grid}
 

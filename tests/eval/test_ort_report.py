@@ -177,9 +177,10 @@ def test_int8_cost_pairs_each_int8_row_with_its_float_activation_twin(tiny_pair,
     nbits = sorted((r["bits"], r["accuracy_level"]) for r in rep["rows"] if r["method"] == "matmul-nbits")
     assert nbits == [(4, 0), (4, 4), (8, 0), (8, 4)]
     for row in int8:
-        twin = next(
+        twin_row = next(
             r for r in rep["rows"] if r["method"] == "mbq-uniform" and r["slices"] == row["slices"]
-        )["ort"]["results"]
+        )
+        twin = twin_row["ort"]["results"]
         for text, res in row["results"].items():
             vs = res["vs_float_activations"]
             assert vs["ratio"] == pytest.approx(res["ppl"] / twin[text]["ppl"])

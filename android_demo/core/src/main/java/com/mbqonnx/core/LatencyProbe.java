@@ -8,7 +8,7 @@ import java.util.function.LongSupplier;
 
 /**
  * Measures the τ → (average bits, latency) map on this device (procedure: docs/controller.md,
- * "on-device probe"): grid {0, 1} ∪ tau_table (plus 0.25/0.5/0.75 if fewer than 5 values), one
+ * "on-device probe"): grid {@link #grid} (up to 9 tau_table rows spread in bits), one
  * untimed warm-up run, then two rounds (τ ascending, then descending), each run timing
  * {@code steps} greedy decode steps after a τ = 0 prefill of the probe prompt. Per point: median
  * step latency, mean of the steps' average bits.
@@ -32,13 +32,51 @@ public final class LatencyProbe {
         this.steps = steps;
     }
 
-    /** The probe's τ grid for {@code tableTaus} (sorted, unique, within [0, 1]). */
-    public static double[] grid(List<Double> tableTaus) {
+    /** Most table rows in the grid (Python: {@code mbq_onnx.runtime.probe.MAX_TABLE_POINTS}). */
+    static final int MAX_TABLE_POINTS = 9;
+
+    /**
+     * The probe's τ grid (sorted, unique, within [0, 1]): {0, 1} ∪ for {@value #MAX_TABLE_POINTS} evenly
+     * spaced average bits between the table's least and most, the τ (clipped) of the row nearest in bits
+     * (ties: the smaller τ); padded with 0.25/0.5/0.75 to >= 5 points. Rows whose τ or bits are not
+     * finite are skipped. {@code tableTaus[i]} and {@code tableBits[i]} are one row. Same grid as the
+     * Python probe: both are checked against tests/android/fixtures/probe_grid.json.
+     */
+    public static double[] grid(List<Double> tableTaus, List<Double> tableBits) {
+        if (tableTaus.size() != tableBits.size()) {
+            throw new IllegalArgumentException("tau table: " + tableTaus.size() + " τ values but "
+                    + tableBits.size() + " average bits");
+        }
+        TreeSet<double[]> rows = new TreeSet<>((a, b) -> a[0] != b[0] ? Double.compare(a[0], b[0])
+                : Double.compare(a[1], b[1]));
+        for (int i = 0; i < tableTaus.size(); i++) {
+            double tau = tableTaus.get(i);
+            double bits = tableBits.get(i);
+            if (Double.isFinite(tau) && Double.isFinite(bits)) {
+                rows.add(new double[] {Math.min(Math.max(tau, 0.0), 1.0), bits});
+            }
+        }
         TreeSet<Double> set = new TreeSet<>();
         set.add(0.0);
         set.add(1.0);
-        for (double t : tableTaus) {
-            set.add(Math.min(Math.max(t, 0.0), 1.0));
+        if (!rows.isEmpty()) {
+            double lo = Double.POSITIVE_INFINITY;
+            double hi = Double.NEGATIVE_INFINITY;
+            for (double[] r : rows) {
+                lo = Math.min(lo, r[1]);
+                hi = Math.max(hi, r[1]);
+            }
+            double step = (hi - lo) / (MAX_TABLE_POINTS - 1);
+            for (int k = 0; k < MAX_TABLE_POINTS; k++) {
+                double target = k == MAX_TABLE_POINTS - 1 ? hi : lo + k * step; // numpy.linspace's points
+                double[] best = null;
+                for (double[] r : rows) { // ascending (τ, bits): the first nearest row wins ties
+                    if (best == null || Math.abs(r[1] - target) < Math.abs(best[1] - target)) {
+                        best = r;
+                    }
+                }
+                set.add(best[0]);
+            }
         }
         if (set.size() < 5) {
             set.add(0.25);
@@ -55,7 +93,7 @@ public final class LatencyProbe {
 
     /** Runs the probe with {@code promptIds} and returns the raw (unrepaired) map points. */
     public List<MapPoint> measure(long[] promptIds) throws ModelException {
-        double[] taus = grid(config.tableTaus());
+        double[] taus = grid(config.tableTaus(), config.tableBits());
         List<List<Double>> latencies = new ArrayList<>();
         List<List<Double>> bits = new ArrayList<>();
         for (int i = 0; i < taus.length; i++) {

@@ -57,6 +57,7 @@ public final class ModelConfig {
     private final int headDim;
     private final String customOpLibrary;
     private final List<Double> tableTaus;
+    private final List<Double> tableBits;
     private final long[] eosTokenIds;
     private final String modelFile;
     private final String graph;
@@ -64,14 +65,18 @@ public final class ModelConfig {
     private final List<RouterGroup> routerGroups;
 
     ModelConfig(int[] sliceBits, int numLayers, int numKvHeads, int headDim, String customOpLibrary,
-                List<Double> tableTaus, long[] eosTokenIds, String modelFile) {
-        this(sliceBits, numLayers, numKvHeads, headDim, customOpLibrary, tableTaus, eosTokenIds, modelFile,
-                GRAPH_DYNAMO, "", Collections.<RouterGroup>emptyList());
+                List<Double> tableTaus, List<Double> tableBits, long[] eosTokenIds, String modelFile) {
+        this(sliceBits, numLayers, numKvHeads, headDim, customOpLibrary, tableTaus, tableBits, eosTokenIds,
+                modelFile, GRAPH_DYNAMO, "", Collections.<RouterGroup>emptyList());
     }
 
     ModelConfig(int[] sliceBits, int numLayers, int numKvHeads, int headDim, String customOpLibrary,
-                List<Double> tableTaus, long[] eosTokenIds, String modelFile, String graph, String lmHead,
-                List<RouterGroup> routerGroups) {
+                List<Double> tableTaus, List<Double> tableBits, long[] eosTokenIds, String modelFile, String graph,
+                String lmHead, List<RouterGroup> routerGroups) {
+        if (tableTaus.size() != tableBits.size()) {
+            throw new IllegalArgumentException("tau_table: " + tableTaus.size() + " τ values but "
+                    + tableBits.size() + " average bits");
+        }
         if (sliceBits.length == 0) {
             throw new IllegalArgumentException("slice_bits must name at least one slice");
         }
@@ -91,6 +96,7 @@ public final class ModelConfig {
         this.headDim = headDim;
         this.customOpLibrary = customOpLibrary;
         this.tableTaus = Collections.unmodifiableList(new ArrayList<>(tableTaus));
+        this.tableBits = Collections.unmodifiableList(new ArrayList<>(tableBits));
         this.eosTokenIds = eosTokenIds.clone();
         this.modelFile = modelFile;
         if (!GRAPH_DYNAMO.equals(graph) && !GRAPH_LEAN.equals(graph)) {
@@ -104,7 +110,8 @@ public final class ModelConfig {
 
     /** Config with only slice bit widths (e.g. for stats); model geometry unknown (0). */
     public static ModelConfig ofSliceBits(int... sliceBits) {
-        return new ModelConfig(sliceBits, 0, 0, 0, "", Collections.<Double>emptyList(), new long[0], "");
+        return new ModelConfig(sliceBits, 0, 0, 0, "", Collections.<Double>emptyList(),
+                Collections.<Double>emptyList(), new long[0], "");
     }
 
     /** Reads and validates {@code mbq_config.json}. */
@@ -134,10 +141,14 @@ public final class ModelConfig {
             bits[i] = bitsJson.getInt(i);
         }
         List<Double> taus = new ArrayList<>();
+        List<Double> tableBits = new ArrayList<>();
         JSONArray table = json.optJSONArray("tau_table");
         if (table != null) {
             for (int i = 0; i < table.length(); i++) {
-                taus.add(table.getJSONObject(i).getDouble("tau"));
+                JSONObject row = table.getJSONObject(i);
+                taus.add(row.getDouble("tau"));
+                // bits per routed call (avg_bits in exports of older artifacts); NaN: the row has none
+                tableBits.add(row.optDouble("avg_bits_per_call", row.optDouble("avg_bits", Double.NaN)));
             }
         }
         long[] eos = new long[0];
@@ -175,8 +186,8 @@ public final class ModelConfig {
             throw new JSONException("lm_head must name the head's precision (e.g. \"float\", \"8bit\"), got \"\"");
         }
         return new ModelConfig(bits, json.optInt("num_layers", 0), json.optInt("num_kv_heads", 0),
-                json.optInt("head_dim", 0), json.optString("custom_op_library", "libmbq_ops.so"), taus, eos,
-                modelFile, graph, lmHead, routerGroups(json));
+                json.optInt("head_dim", 0), json.optString("custom_op_library", "libmbq_ops.so"), taus,
+                tableBits, eos, modelFile, graph, lmHead, routerGroups(json));
     }
 
     /** {@code json[key]} when it is a string, {@code fallback} when absent or null; an error otherwise. */
@@ -329,5 +340,10 @@ public final class ModelConfig {
     /** τ values of the calibration {@code tau_table} (for the probe grid). */
     public List<Double> tableTaus() {
         return tableTaus;
+    }
+
+    /** Average bits per routed call of each {@link #tableTaus()} row; NaN where the row has none. */
+    public List<Double> tableBits() {
+        return tableBits;
     }
 }

@@ -3,11 +3,15 @@ package com.mbqonnx.core;
 import static org.junit.Assert.assertArrayEquals;
 import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertNull;
+import static org.junit.Assert.assertThrows;
+import static org.junit.Assert.assertTrue;
 
 import java.io.File;
 import java.util.Arrays;
 import java.util.Collections;
 import java.util.List;
+import org.json.JSONArray;
+import org.json.JSONObject;
 import org.junit.Rule;
 import org.junit.Test;
 import org.junit.rules.TemporaryFolder;
@@ -18,10 +22,30 @@ public class ProbeAndStoreTest {
     public TemporaryFolder tmp = new TemporaryFolder();
 
     @Test
-    public void gridFollowsTheSpec() {
-        assertArrayEquals(new double[] {0.0, 0.25, 0.5, 0.75, 1.0}, LatencyProbe.grid(Collections.singletonList(0.5)), 0.0);
-        assertArrayEquals(new double[] {0.0, 0.1, 0.2, 0.3, 0.9, 1.0},
-                LatencyProbe.grid(Arrays.asList(0.1, 0.2, 0.3, 0.9, 1.7)), 0.0);
+    public void gridMatchesThePythonGoldenCases() throws Exception {
+        JSONArray cases = TestData.readJson(TestData.file("tests/android/fixtures/probe_grid.json"))
+                .getJSONArray("cases");
+        assertTrue(cases.length() >= 5);
+        for (int c = 0; c < cases.length(); c++) {
+            JSONObject k = cases.getJSONObject(c);
+            ModelConfig config = ModelConfig.parse(new JSONObject()
+                    .put("slice_bits", new JSONArray(new int[] {4, 2, 2}))
+                    .put("tau_table", k.getJSONArray("tau_table")));
+            JSONArray want = k.getJSONArray("grid");
+            double[] expected = new double[want.length()];
+            for (int i = 0; i < expected.length; i++) {
+                expected[i] = want.getDouble(i);
+            }
+            assertArrayEquals(k.getString("name"), expected,
+                    LatencyProbe.grid(config.tableTaus(), config.tableBits()), 0.0);
+        }
+    }
+
+    @Test
+    public void gridRejectsMismatchedColumns() {
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> LatencyProbe.grid(Arrays.asList(0.1, 0.2), Collections.singletonList(7.0)));
+        assertTrue(e.getMessage(), e.getMessage().contains("2 τ values but 1 average bits"));
     }
 
     /**
@@ -66,7 +90,7 @@ public class ProbeAndStoreTest {
         Plant plant = new Plant();
         ModelConfig config = ModelConfig.ofSliceBits(4, 2, 2);
         List<MapPoint> points = new LatencyProbe(plant, config, () -> plant.clock[0], 4).measure(new long[] {1, 2, 3});
-        double[] grid = LatencyProbe.grid(config.tableTaus());
+        double[] grid = LatencyProbe.grid(config.tableTaus(), config.tableBits());
         assertEquals(grid.length, points.size());
         for (int i = 0; i < grid.length; i++) {
             MapPoint p = points.get(i);
