@@ -4,6 +4,7 @@ Examples::
 
     python -m mbq_onnx.run --model DIR --prompt "The capital of France is" --budget-ms 25
     python -m mbq_onnx.run --model DIR --prompt "..." --tau 0.5 --threads 2 --json
+    python -m mbq_onnx.run --model DIR --prompt "..." --bits 5.5        # τ read off the model's τ table
     python -m mbq_onnx.run --model DIR --prompt "..." --slices 1        # pure base precision
 """
 
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--budget-ms", type=_positive_float, help="target latency per decode step (ms)")
     mode.add_argument("--tokens-per-s", type=_positive_float, help="target decode speed (= 1000/budget-ms)")
     mode.add_argument("--tau", type=_tau, help="fixed router threshold in [0, 1] (higher = fewer bits)")
+    mode.add_argument(
+        "--bits",
+        type=_positive_float,
+        help="fixed average bits per routed call: τ read off the model's τ table (calibration text)",
+    )
     mode.add_argument("--slices", type=_positive_int, help="fixed slice count for every token (1 = base)")
     p.add_argument("--threads", type=_positive_int, help="ORT intra-op threads (default: ORT's choice)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=64)
@@ -138,6 +144,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         Sampling,
         generate,
         load_or_probe,
+        tau_for_bits,
     )
 
     try:
@@ -161,6 +168,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     elif args.slices is not None:
         controller = FixedController(slices=args.slices, num_slices=session.config.num_slices)
         mode = f"slices {args.slices}"
+    elif args.bits is not None:
+        try:
+            tau = tau_for_bits(session.config.tau_table, args.bits)
+        except ValueError as e:
+            parser.error(f"--bits: {e}")
+        controller = FixedController(tau=tau)
+        mode = f"bits {args.bits:g} (tau {tau:.6g})"
     else:
         tau = args.tau if args.tau is not None else DEFAULT_TAU
         controller = FixedController(tau=tau)

@@ -18,6 +18,7 @@ from .controller import (
 from .generate import GenerationResult, Sampling, StepRecord, generate
 from .probe import load_or_probe, measure_map
 from .session import MbqSession, ModelConfig, ModelDirError, SharedKVCache, cache_length
+from .tau_table import table_points, tau_for_bits
 
 __all__ = [
     "FIXED",
@@ -41,4 +42,6 @@ __all__ = [
     "generate",
     "load_or_probe",
     "measure_map",
+    "table_points",
+    "tau_for_bits",
 ]

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..atomic import write_file
 from .controller import LatencyMap, MapPoint
 from .session import CONFIG_NAME, MbqSession
+from .tau_table import table_points
 
 PROBE_VERSION = 1
 PROBE_TEXT = (
@@ -34,18 +35,7 @@ def probe_grid(tau_table: Sequence[object]) -> list[float]:
     (bracketed: just above each uniform point) is sampled where the latency changes — padded to >= 5
     points. Rows without finite τ and bits are skipped. The Android probe (``LatencyProbe.grid``) gives
     the same grid: both are checked against ``tests/android/fixtures/probe_grid.json``."""
-    rows = sorted(
-        {
-            (min(max(float(row["tau"]), 0.0), 1.0), float(bits))
-            for row in tau_table
-            if isinstance(row, dict)
-            and isinstance(row.get("tau"), int | float)
-            and np.isfinite(row["tau"])
-            # the table's bits per routed call (``avg_bits`` in exports of older artifacts)
-            and isinstance(bits := row.get("avg_bits_per_call", row.get("avg_bits")), int | float)
-            and np.isfinite(bits)
-        }
-    )
+    rows = table_points(tau_table)
     taus = {0.0, 1.0}
     if rows:
         bits = np.array([b for _, b in rows])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -250,6 +251,31 @@ def test_cli_json_and_text(exported_model: Path, tmp_path: Path) -> None:
     assert proc.stdout.startswith(PROMPT) and "tok/s" in proc.stdout and "avg bits 4.00" in proc.stdout
     proc = subprocess.run([*base, "--slices", "4"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--slices must be in 1..3" in proc.stderr
+
+
+def test_cli_bits_reads_tau_off_the_models_table(exported_model: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(exported_model, model)
+    config = json.loads((model / "mbq_config.json").read_text())
+    config["tau_table"] = [
+        {"tau": 0.0, "avg_bits_per_call": 8.0},
+        {"tau": 0.5, "avg_bits_per_call": 6.0},
+        {"tau": 1.0, "avg_bits_per_call": 4.0},
+    ]
+    (model / "mbq_config.json").write_text(json.dumps(config))
+    base = [sys.executable, "-m", "mbq_onnx.run", "--model", str(model), "--prompt", PROMPT, "--threads", "1"]
+    base += ["--max-new-tokens", "8", "--json"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *extra], capture_output=True, text=True, timeout=300)
+
+    by_bits, by_tau = run("--bits", "5"), run("--tau", "0.75")
+    assert by_bits.returncode == 0 and by_tau.returncode == 0, by_bits.stderr + by_tau.stderr
+    rec = json.loads(by_bits.stdout)
+    assert rec["mode"] == "bits 5 (tau 0.75)"
+    assert rec["text"] == json.loads(by_tau.stdout)["text"]  # greedy: the same τ, the same tokens
+    bad = run("--bits", "9")
+    assert bad.returncode == 2 and "--bits: 9 bits is outside the model's τ table, 4.00..8.00" in bad.stderr
 
 
 def test_runtime_imports_no_torch() -> None:
