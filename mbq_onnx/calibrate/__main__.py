@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--error-feedback",
         help="GPTQ-style error-feedback exponents tried per block, e.g. 0.75,1; the held-out windows keep "
-        "the best or none (default none: codes by rounding on the learned clipping)",
+        "the best or none; 'none' turns it off (default: the preset's — fast: none, medium/paper: 0.75,1)",
     )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
