@@ -53,7 +53,8 @@ class CalibConfig:
       exponent p listed (1: every precision relative to its RTN error; smaller p favours the base slice);
       per block the guard windows keep the best of them, or none. Empty (the dataclass and ``fast``
       default): codes by rounding (LWC alone). ``medium`` and ``paper`` try (0.75, 1): on ``medium`` it
-      cut 4-bit perplexity 2.3 % / 4.3 % (in / out of domain) for ~20 % more time (docs/calibration.md).
+      cut 4-bit perplexity 2.3 % / 4.3 % (in / out of domain) for ≈ 85 s per block instead of 53
+      (docs/calibration.md).
     - ``budget_weight``: λ of the router's bit-budget penalty ``λ·(bits - b_1)/(B - b_1)``, against the
       routed output MSE relative to the base slice's RTN MSE.
     - ``tau_schedule``: how the runtime τ sets each gate's threshold in the artifact
