@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..model.artifact import TAU_TABLE_BITS
 from ..quant.spec import QuantSpec
+from ..tau_table import TAU_TABLE_BITS
 from .config import PRESETS, ROUTER_GRANULARITIES
 from .matmul import GRAD_DTYPES
 

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ..model.artifact import TAU_TABLE_BITS
 from ..model.routing import DEFAULT_TAU_SCHEDULE, SliceRouter, gate_taus, slice_counts, slice_gates
 from ..model.surgery import (
     capture_layer_inputs,
@@ -32,6 +31,7 @@ from ..model.surgery import (
 )
 from ..quant import residual
 from ..quant.spec import QuantSpec
+from ..tau_table import TAU_TABLE_BITS
 from .config import CalibConfig
 from .error_feedback import error_feedback_weight
 from .matmul import resolve_grad_dtype

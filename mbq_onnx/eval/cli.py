@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mbq_onnx.model.artifact import tau_table_bits as table_bits
+from mbq_onnx.tau_table import tau_table_bits as table_bits
 
 from .methods import BASELINES, METHOD_KEYS, METHODS, Variant, method
 from .ort_rows import DEFAULT_TOLERANCE, fingerprint

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..atomic import replace_directory
 from ..quant.spec import QuantSpec
+from ..tau_table import tau_table_row
 from .linear import (
     GRANULARITIES,
     MixedBitLinear,
@@ -44,28 +45,8 @@ WEIGHTS_FILE = "weights.safetensors"
 REPORT_FILE = "calibration_report.json"
 
 
-#: τ-table key of the average bits per routed call: every routed call (a linear with its router, or a block
-#: router) counts once per token — unlike a report's ``avg_bits_per_weight``, which weights each call by the
-#: weights it reads. Artifacts written before the rename used ``avg_bits``; both load.
 #: The τ schedule of artifacts whose router config names none (written before schedules existed).
 LEGACY_TAU_SCHEDULE = "shared"
-TAU_TABLE_BITS = "avg_bits_per_call"
-OLD_TAU_TABLE_BITS = "avg_bits"
-
-
-def tau_table_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A τ-table row with the old ``avg_bits`` key renamed to ``avg_bits_per_call``."""
-    out = dict(row)
-    if OLD_TAU_TABLE_BITS in out:
-        old = out.pop(OLD_TAU_TABLE_BITS)
-        out.setdefault(TAU_TABLE_BITS, old)
-    return out
-
-
-def tau_table_bits(row: Mapping[str, Any]) -> float | None:
-    """The average bits per routed call of a τ-table row (new or old key)."""
-    v = row.get(TAU_TABLE_BITS, row.get(OLD_TAU_TABLE_BITS))
-    return None if v is None else float(v)
 
 
 class ArtifactError(ValueError):

@@ -3,6 +3,7 @@
 Torch-free: needs only onnxruntime, numpy, tokenizers and tqdm.
 """
 
+from ..tau_table import table_points, tau_for_bits
 from .controller import (
     FIXED,
     INFEASIBLE,
@@ -18,7 +19,6 @@ from .controller import (
 from .generate import GenerationResult, Sampling, StepRecord, generate
 from .probe import load_or_probe, measure_map
 from .session import MbqSession, ModelConfig, ModelDirError, SharedKVCache, cache_length
-from .tau_table import table_points, tau_for_bits
 
 __all__ = [
     "FIXED",

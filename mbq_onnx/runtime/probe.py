@@ -16,9 +16,9 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from ..atomic import write_file
+from ..tau_table import table_points
 from .controller import LatencyMap, MapPoint
 from .session import CONFIG_NAME, MbqSession
-from .tau_table import table_points
 
 PROBE_VERSION = 1
 PROBE_TEXT = (

@@ -159,7 +159,7 @@ def test_tau_table_bits_key_old_and_new(tmp_path):
     key still load, renamed."""
     from tiny_models import make_tiny_artifact
 
-    from mbq_onnx.model.artifact import tau_table_bits
+    from mbq_onnx.tau_table import tau_table_bits
 
     path = make_tiny_artifact(tmp_path / "a")  # written with the old key: saved with the new one
     cfg = json.loads((path / "config.json").read_text())

@@ -1,4 +1,4 @@
-"""Reading τ off the calibration's τ → bits table (``mbq_onnx.runtime.tau_table``)."""
+"""Reading τ off the calibration's τ → bits table (``mbq_onnx.tau_table``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The calibration's τ → bits table (``mbq_config.json``'s ``tau_table``) as the runtime reads it.
+"""The calibration's τ → bits table (``tau_table`` in an artifact's ``config.json`` and ``mbq_config.json``).
+
+Torch-free: the artifact code, the evaluation and the runtime read rows through this module.
 
 Each row holds a router threshold τ and the average bits per routed call that τ gave on the
 calibration text (``avg_bits_per_call``; exports of older artifacts wrote ``avg_bits``). The bits fall
@@ -10,7 +12,29 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: τ-table key of the average bits per routed call: every routed call (a linear with its router, or a block
+#: router) counts once per token — unlike a report's ``avg_bits_per_weight``, which weights each call by the
+#: weights it reads. Artifacts written before the rename used ``avg_bits``; both load.
+TAU_TABLE_BITS = "avg_bits_per_call"
+OLD_TAU_TABLE_BITS = "avg_bits"
+
+
+def tau_table_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A τ-table row with the old ``avg_bits`` key renamed to ``avg_bits_per_call``."""
+    out = dict(row)
+    if OLD_TAU_TABLE_BITS in out:
+        old = out.pop(OLD_TAU_TABLE_BITS)
+        out.setdefault(TAU_TABLE_BITS, old)
+    return out
+
+
+def tau_table_bits(row: Mapping[str, Any]) -> float | None:
+    """The average bits per routed call of a τ-table row (new or old key)."""
+    v = row.get(TAU_TABLE_BITS, row.get(OLD_TAU_TABLE_BITS))
+    return None if v is None else float(v)
 
 
 def _finite(value: object) -> bool:
@@ -24,7 +48,7 @@ def table_points(tau_table: Sequence[object]) -> list[tuple[float, float]]:
     for row in tau_table:
         if not isinstance(row, dict):
             continue
-        tau, bits = row.get("tau"), row.get("avg_bits_per_call", row.get("avg_bits"))
+        tau, bits = row.get("tau"), row.get(TAU_TABLE_BITS, row.get(OLD_TAU_TABLE_BITS))
         if _finite(tau) and _finite(bits):
             points.add((min(max(float(tau), 0.0), 1.0), float(bits)))
     return sorted(points)
