@@ -79,9 +79,12 @@ def write_artifact(
     from ..model import RoutingContext, quantize_model, save_artifact
 
     quantized = copy.deepcopy(model)
-    for name, w in result.weights.items():  # error-feedback weights: their codes are the chosen ones
+    for name, w in result.weights.items():  # error-feedback / LET weights: their codes are the chosen ones
         weight = quantized.get_submodule(name).weight
         weight.data.copy_(w.to(weight.dtype))
+    for name, value in result.float_params.items():  # norms a LET scale was folded into
+        param = quantized.get_parameter(name)
+        param.data.copy_(value.to(param.dtype))
     routers = {name: copy.deepcopy(r) for name, r in result.routers.items()}
     quantize_model(
         quantized,

@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
         help="GPTQ-style error-feedback exponents tried per block, e.g. 0.75,1; the held-out windows keep "
         "the best or none; 'none' turns it off (default: the preset's — fast: none, medium/paper: 0.75,1)",
     )
+    p.add_argument(
+        "--let",
+        action=argparse.BooleanOptionalAction,
+        help="equivalent transformation (OmniQuant LET, AWQ-style activation-aware start): per-channel "
+        "scales folded into the norms and producer linears (default: the preset's)",
+    )
+    p.add_argument("--lr-let", type=float, help="learning rate of the LET scales (0: kept at their start)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -106,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             holdout=args.holdout,
             grad_dtype=args.grad_dtype,
             error_feedback=error_feedback,
+            let=args.let,
+            lr_let=args.lr_let,
             seed=args.seed,
         )
     except ValueError as e:

@@ -55,6 +55,11 @@ class CalibConfig:
       default): codes by rounding (LWC alone). ``medium`` and ``paper`` try (0.75, 1): on ``medium`` it
       cut 4-bit perplexity 2.3 % / 4.3 % (in / out of domain) for ≈ 85 s per block instead of 53
       (docs/calibration.md).
+    - ``let``: an equivalent transformation (OmniQuant's LET: per-channel scales between each norm or
+      producer linear and its consumer linears, :mod:`.let`), started activation-aware (AWQ's
+      ``s ∝ mean|x|^α``, α searched per pair on the block loss), trained with the clipping at learning rate
+      ``lr_let`` (default 0: kept at that start — learning them measured worse on the ``fast`` preset) and
+      folded into the norms and producer rows after each block.
     - ``budget_weight``: λ of the router's bit-budget penalty ``λ·(bits - b_1)/(B - b_1)``, against the
       routed output MSE relative to the base slice's RTN MSE.
     - ``tau_schedule``: how the runtime τ sets each gate's threshold in the artifact
@@ -82,6 +87,8 @@ class CalibConfig:
     tau_schedule: str = DEFAULT_TAU_SCHEDULE
     tau_grid: tuple[float, ...] = ()
     error_feedback: tuple[float, ...] = ()
+    let: bool = False
+    lr_let: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -92,6 +99,8 @@ class CalibConfig:
             raise ValueError(f"seqlen must be >= 2, got {self.seqlen}")
         if self.grad_dtype not in GRAD_DTYPES:
             raise ValueError(f"grad_dtype {self.grad_dtype!r}: choose one of {list(GRAD_DTYPES)}")
+        if self.lr_let < 0:
+            raise ValueError(f"lr_let must be >= 0, got {self.lr_let}")
         if self.holdout < 0:
             raise ValueError(f"holdout must be >= 0, got {self.holdout}")
         if self.base_epochs < 0 or self.epochs < 0:

@@ -34,6 +34,7 @@ from ..quant.spec import QuantSpec
 from ..tau_table import TAU_TABLE_BITS
 from .config import CalibConfig
 from .error_feedback import error_feedback_weight
+from .let import ALPHA_GRID, EquivalentScale, LinearLet, block_scales, fold_into_norm
 from .matmul import resolve_grad_dtype
 from .trainable import ROUTED, CalibLinear, Mode
 
@@ -45,7 +46,8 @@ class CalibrationResult:
     ``params[name] = (scale, zero)`` (each ``[N, G]``) per decoder linear; ``routers`` by linear name
     (granularity ``"linear"``) or block name such as ``model.layers.0`` (``"block"``); empty for ``"none"``.
     ``weights[name]``: the weight a linear's codes are taken from where it is not the model's own (error
-    feedback, :mod:`.error_feedback`); see :meth:`weight_of`.
+    feedback, :mod:`.error_feedback`; LET, :mod:`.let`); see :meth:`weight_of`. ``float_params``: other
+    float tensors by state-dict name that replace the model's (norm weights a LET scale was folded into).
     """
 
     spec: QuantSpec
@@ -57,6 +59,7 @@ class CalibrationResult:
     report: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Tensor] = field(default_factory=dict)
     tau_schedule: str = DEFAULT_TAU_SCHEDULE
+    float_params: dict[str, Tensor] = field(default_factory=dict)
 
     def weight_of(self, name: str, model: nn.Module) -> Tensor:
         """The float weight ``[N, K]`` whose codes (on ``params[name]``'s grid) linear ``name`` stores."""
@@ -154,6 +157,15 @@ class _BlockCalibrator:
             self.block_router = SliceRouter(hidden, spec.num_slices, cfg.router_hidden)
             self._hook = block.register_forward_pre_hook(self._block_gates, with_kwargs=True)
         self.stats: list[_CountStats] = []
+        self.scales: list[EquivalentScale] = block_scales(block, self.originals) if cfg.let else []
+        for scale in self.scales:
+            for name in scale.consumers:
+                self.wrapped[name].let = LinearLet(consumer=scale)
+            if not scale.from_norm:
+                own = self.wrapped[scale.producer].let
+                self.wrapped[scale.producer].let = LinearLet(own.consumer if own else None, scale)
+        self.float_weights = {n: lin.weight.detach().float() for n, lin in self.originals.items()}
+        self.norm_originals: dict[str, dict[str, Tensor]] = {}
 
     # -- modes
     def _block_gates(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -177,6 +189,8 @@ class _BlockCalibrator:
     def parameters(self, which: str) -> list[nn.Parameter]:
         if which == "lwc":
             return [p for w in self.wrapped.values() for p in (w.clip_lo, w.clip_hi)]
+        if which == "let":
+            return [s.log_s for s in self.scales]
         params = [p for w in self.wrapped.values() if w.router is not None for p in w.router.parameters()]
         if self.block_router is not None:
             params += list(self.block_router.parameters())
@@ -243,12 +257,15 @@ class _BlockCalibrator:
         self.set_mode(None)
         return total / len(idx)
 
+    def _trained(self) -> list[nn.Parameter]:
+        return self.parameters("lwc") + self.parameters("let") + self.parameters("routers")
+
     def _snapshot(self) -> list[Tensor]:
-        return [p.detach().clone() for p in self.parameters("lwc") + self.parameters("routers")]
+        return [p.detach().clone() for p in self._trained()]
 
     @torch.no_grad()
     def _restore(self, state: list[Tensor]) -> None:
-        for p, v in zip(self.parameters("lwc") + self.parameters("routers"), state, strict=True):
+        for p, v in zip(self._trained(), state, strict=True):
             p.copy_(v)
 
     def train(
@@ -279,6 +296,8 @@ class _BlockCalibrator:
         for stage in stages:
             name, epochs, precs, routers = stage
             groups = [{"params": self.parameters("lwc"), "lr": cfg.lr_lwc}]
+            if self.scales and cfg.lr_let:
+                groups.append({"params": self.parameters("let"), "lr": cfg.lr_let})
             if routers:
                 groups.append({"params": self.parameters("routers"), "lr": cfg.lr_router})
             opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -323,7 +342,8 @@ class _BlockCalibrator:
         """Pull the clipping back toward RTN (factor 1) until no precision's MSE on windows ``idx`` exceeds
         its RTN MSE there.
 
-        Returns the losses and the kept fraction α of the learned clipping (1 = as trained, 0 = RTN).
+        Returns the losses and the kept fraction α of the learned clipping (1 = as trained, 0 = RTN). With
+        LET, α = 0 still keeps the learned scales; if that fails too, the scales go back to 1 (plain RTN).
         """
         if all(final[k] <= rtn[k] for k in self.precisions):
             return final, 1.0
@@ -336,9 +356,83 @@ class _BlockCalibrator:
                 w.clip_lo.copy_(1 - alpha * (1 - lo.clamp(max=1)))
                 w.clip_hi.copy_(1 - alpha * (1 - hi.clamp(max=1)))
             final = self.losses(inputs, target, idx, use_lwc=True)
-            if alpha == 0.0 or all(final[k] <= rtn[k] for k in self.precisions):
+            if all(final[k] <= rtn[k] for k in self.precisions):
                 return final, alpha
+        if self.scales:
+            self.unfold_let()
+            final = self.losses(inputs, target, idx, use_lwc=True)
         return final, 0.0
+
+    @torch.no_grad()
+    def init_let(self, inputs: dict[int, Tensor], target: Tensor, idx: Tensor) -> dict[str, float]:
+        """Start each LET scale activation-aware: pair by pair, the α of :data:`~.let.ALPHA_GRID` with the
+        lowest ``Σ_k MSE_k / MSE_k(no LET)`` over windows ``idx`` at the RTN grid among those that make no
+        precision worse (as the guard will demand). Returns α by producer."""
+        if not self.scales:
+            return {}
+        magnitude: dict[str, Tensor] = {}
+
+        def hook(producer: str):
+            def add(_module: nn.Module, args: tuple) -> None:
+                x = args[0].abs().reshape(-1, args[0].shape[-1]).double().sum(0)
+                magnitude[producer] = magnitude.get(producer, 0) + x
+
+            return add
+
+        first = {s.producer: self.wrapped[s.consumers[0]] for s in self.scales}
+        handles = [w.register_forward_pre_hook(hook(p)) for p, w in first.items()]
+        top = max(self.precisions)
+        try:
+            for i in range(0, len(idx), self.cfg.batch_size):
+                part = idx[i : i + self.cfg.batch_size]
+                self.set_mode(None)
+                layer_output(self.block, inputs[top][part], self.kw)
+        finally:
+            for h in handles:
+                h.remove()
+        start = self.losses(inputs, target, idx, use_lwc=False)
+        chosen = {}
+        for scale in self.scales:
+            best = (math.inf, 0.0)
+            for alpha in ALPHA_GRID:
+                scale.set_activation_aware(magnitude[scale.producer], alpha)
+                got = self.losses(inputs, target, idx, use_lwc=False)
+                if alpha == 0.0 or all(got[k] <= start[k] for k in got):
+                    best = min(best, (_relative(got, start), alpha))
+            scale.set_activation_aware(magnitude[scale.producer], best[1])
+            chosen[scale.producer] = best[1]
+        return chosen
+
+    @torch.no_grad()
+    def fold_let(self) -> dict[str, list[float]]:
+        """Fold the LET scales into the block (once; a second call changes nothing): norm weights (kept
+        until :meth:`restore`) and every linear's float weight. Returns each producer's ``[min, max]`` scale
+        for the block report."""
+        summary = {s.producer: [s.scale().min().item(), s.scale().max().item()] for s in self.scales}
+        for scale in self.scales:
+            if scale.from_norm and scale.producer not in self.norm_originals:
+                norm = self.block.get_submodule(scale.producer)
+                self.norm_originals[scale.producer] = fold_into_norm(norm, scale.scale())
+        transformed = {n: w.transformed() for n, w in self.wrapped.items() if w.let is not None}
+        for name, (weight, bias) in transformed.items():
+            w = self.wrapped[name]
+            w.let = None
+            w.set_weight(weight, bias)
+            self.float_weights[name] = w.weight.detach().clone()
+        return summary
+
+    @torch.no_grad()
+    def unfold_let(self) -> None:
+        """No transformation: the block's own norms and weights, every scale back to 1."""
+        self._restore_norms()
+        self.norm_originals.clear()
+        for name, w in self.wrapped.items():
+            own = self.originals[name]
+            w.let = None
+            w.set_weight(own.weight.detach().float(), None if own.bias is None else own.bias.detach().float())
+            self.float_weights[name] = own.weight.detach().float()
+        for scale in self.scales:
+            scale.reset()
 
     # -- error feedback
     @torch.no_grad()
@@ -382,13 +476,13 @@ class _BlockCalibrator:
                 for k in range(1, len(lam) + 1)
             ]
             scale, zero = w.quant_params()
-            w.weight.copy_(error_feedback_weight(self.originals[name].weight, per_k, scale, zero, spec, lam))
+            w.weight.copy_(error_feedback_weight(self.float_weights[name], per_k, scale, zero, spec, lam))
 
     @torch.no_grad()
     def reset_weights(self) -> None:
-        """Back to each linear's own float weight (no error feedback)."""
+        """Back to each linear's float weight (no error feedback; LET folded in where it was)."""
         for name, w in self.wrapped.items():
-            w.weight.copy_(self.originals[name].weight.detach().float())
+            w.weight.copy_(self.float_weights[name])
 
     # -- results
     @torch.no_grad()
@@ -414,12 +508,21 @@ class _BlockCalibrator:
     @torch.no_grad()
     def export(
         self,
-    ) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, SliceRouter], dict[str, Tensor]]:
-        """``(params, routers, weights)`` by full linear name; ``weights`` only where error feedback changed
-        a weight."""
+    ) -> tuple[
+        dict[str, tuple[Tensor, Tensor]], dict[str, SliceRouter], dict[str, Tensor], dict[str, Tensor]
+    ]:
+        """``(params, routers, weights, float_params)`` by full name; ``weights`` only where error feedback
+        or LET changed a weight, ``float_params`` the norm tensors LET changed."""
         params: dict[str, tuple[Tensor, Tensor]] = {}
         routers: dict[str, SliceRouter] = {}
         weights: dict[str, Tensor] = {}
+        float_params: dict[str, Tensor] = {}
+        for producer, original in self.norm_originals.items():
+            norm = self.block.get_submodule(producer)
+            for attr, before in original.items():
+                now = getattr(norm, attr).detach()
+                if not torch.equal(now, before):
+                    float_params[f"{self.block_name}.{producer}.{attr}"] = now.clone()
         for name, w in self.wrapped.items():
             scale, zero = w.quant_params()
             full = f"{self.block_name}.{name}"
@@ -430,13 +533,27 @@ class _BlockCalibrator:
                 routers[full] = w.router.requires_grad_(False).eval()
         if self.block_router is not None:
             routers[self.block_name] = self.block_router.requires_grad_(False).eval()
-        return params, routers, weights
+        return params, routers, weights, float_params
 
+    @torch.no_grad()
+    def _restore_norms(self) -> None:
+        for producer, original in self.norm_originals.items():
+            norm = self.block.get_submodule(producer)
+            for attr, before in original.items():
+                getattr(norm, attr).copy_(before)
+
+    @torch.no_grad()
     def restore(self) -> None:
+        """The block as it was: its own linears, norms and hooks."""
         if self._hook is not None:
             self._hook.remove()
+        self._restore_norms()
         for name, linear in self.originals.items():
             set_submodule(self.block, name, linear)
+
+
+#: Training windows the activation-aware LET start is searched on (the first ones; bounds its cost).
+LET_SEARCH_WINDOWS = 32
 
 
 def _relative(losses: dict[int, float], rtn: dict[int, float]) -> float:
@@ -523,6 +640,7 @@ def calibrate_blocks(
     params: dict[str, tuple[Tensor, Tensor]] = {}
     routers: dict[str, SliceRouter] = {}
     weights: dict[str, Tensor] = {}
+    float_params: dict[str, Tensor] = {}
     block_reports = []
     bar = tqdm(range(len(blocks)), desc="calibrating blocks", unit="block", disable=not progress)
     for i in bar:
@@ -537,17 +655,21 @@ def calibrate_blocks(
         cal = _BlockCalibrator(block, block_name, spec, cfg, precs, train_routers, kw)
         try:
             rtn = cal.losses(streams, fp_out, train_idx, use_lwc=False)
+            guard_rtn = rtn if held_idx is None else cal.losses(streams, fp_out, guard_idx, use_lwc=False)
+            let_alpha = cal.init_let(streams, fp_out, train_idx[:LET_SEARCH_WINDOWS])
+            if not cfg.lr_let:  # fixed scales: fold them now, so training steps carry no transformation
+                cal.fold_let()
             history = cal.train(streams, fp_out, rtn, generator, train_idx, held_idx)
             train_final = cal.losses(streams, fp_out, train_idx, use_lwc=True)
-            guard_rtn = rtn if held_idx is None else cal.losses(streams, fp_out, guard_idx, use_lwc=False)
             final = train_final if held_idx is None else cal.losses(streams, fp_out, guard_idx, use_lwc=True)
             alpha = 1.0
             if cfg.guard:
                 final, alpha = cal.guard(streams, fp_out, guard_idx, guard_rtn, final)
+            let_scales = cal.fold_let()
             feedback = _choose_error_feedback(cal, streams, fp_out, train_idx, guard_idx, guard_rtn, final)
             final = feedback.pop("losses")
             streams = cal.propagate(streams, stats)
-            got_params, got_routers, got_weights = cal.export()
+            got_params, got_routers, got_weights, got_float = cal.export()
         finally:
             cal.restore()
             for p, r in zip(block.parameters(), requires, strict=True):
@@ -555,6 +677,7 @@ def calibrate_blocks(
         params.update(got_params)
         routers.update(got_routers)
         weights.update(got_weights)
+        float_params.update(got_float)
         fp_in = fp_out
         block_reports.append(
             {
@@ -566,6 +689,7 @@ def calibrate_blocks(
                 "train_calibrated_mse": {str(k): v for k, v in train_final.items()},
                 "train_loss": history,
                 "guard_alpha": alpha,
+                **({"let_alpha": let_alpha, "let_scale_range": let_scales} if cfg.let else {}),
                 "error_feedback": feedback,
                 "seconds": round(time.perf_counter() - tb, 3),
             }
@@ -595,6 +719,7 @@ def calibrate_blocks(
         report,
         weights,
         cfg.tau_schedule,
+        float_params,
     )
 
 
@@ -602,6 +727,8 @@ def calibrate_blocks(
 def fake_quantize_model(model: nn.Module, result: CalibrationResult, n_slices: int) -> nn.Module:
     """Set each calibrated linear's (float) weight to its ``n_slices``-slice dequantized value, in place."""
     spec = result.spec
+    for name, value in result.float_params.items():  # norms with a LET scale folded in
+        model.get_parameter(name).data.copy_(value.to(model.get_parameter(name).dtype))
     for name, (scale, zero) in result.params.items():
         linear = model.get_submodule(name)
         w = result.weight_of(name, model)

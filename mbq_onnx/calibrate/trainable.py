@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from ..model.routing import SliceRouter, slice_gates
 from ..quant import residual
 from ..quant.spec import QuantSpec
+from .let import LinearLet
 from .matmul import matmul_t
 
 ROUTED = "routed"
@@ -64,12 +65,32 @@ class CalibLinear(nn.Module):
         self.block_gates: Tensor | None = None  # [..., S-1] gates set by a block router (routed mode)
         self.last_bits: Tensor | None = None  # soft expected bits per token, set in routed mode
         self.count_stats: Any = None  # when set, ``count_stats.add(router_logits)`` on fixed-mode forwards
+        self.let: LinearLet | None = None  # equivalent-transformation scales while they train (:mod:`.let`)
 
-    def quant_params(self) -> tuple[Tensor, Tensor]:
-        """Current ``(scale, zero)``, differentiable in the clipping logits."""
+    @torch.no_grad()
+    def set_weight(self, w: Tensor, bias: Tensor | None = None) -> None:
+        """A new float weight (and bias) with its own group range: an equivalent transformation folded in."""
+        self.weight.copy_(w)
+        if bias is not None:
+            self.bias.copy_(bias)
+        self.group_min, self.group_max = residual.group_range(self.weight, self.spec.group_size)
+
+    def transformed(self) -> tuple[Tensor, Tensor | None]:
+        """The float ``(weight, bias)`` it computes with: its own, or under its LET scales."""
+        if self.let is None:
+            return self.weight, self.bias
+        return self.let.weight(self.weight), self.let.bias(self.bias)
+
+    def quant_params(self, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Current ``(scale, zero)``, differentiable in the clipping logits (and the LET scales);
+        ``weight``: the transformed weight where it is already at hand."""
+        lo, hi = self.group_min, self.group_max
+        if self.let is not None:
+            weight = self.transformed()[0] if weight is None else weight
+            lo, hi = residual.group_range(weight, self.spec.group_size)
         if not self.use_lwc:
-            return residual.lwc_params(self.group_min, self.group_max, self.spec)
-        return residual.lwc_params(self.group_min, self.group_max, self.spec, self.clip_lo, self.clip_hi)
+            return residual.lwc_params(lo, hi, self.spec)
+        return residual.lwc_params(lo, hi, self.spec, self.clip_lo, self.clip_hi)
 
     def _record_counts(self, x: Tensor) -> None:
         if self.count_stats is not None and self.router is not None:
@@ -83,20 +104,22 @@ class CalibLinear(nn.Module):
             return slice_gates(self.router(x), self.train_tau, hard=True)
         raise RuntimeError("routed mode needs a router or block gates")
 
-    def _routed(self, x: Tensor, ws: list[Tensor]) -> Tensor:
+    def _routed(self, x: Tensor, ws: list[Tensor], bias: Tensor | None) -> Tensor:
         """Per-token mixture: base output plus each residual slice's increment times its gate."""
         gates = self._gates(x)
         increments = torch.cat([ws[j] - ws[j - 1] for j in range(1, len(ws))])  # small: bf16-safe forward
         inc = matmul_t(x, increments, self.grad_dtype, low_forward=True)
         inc = inc.unflatten(-1, (len(ws) - 1, self.out_features))
         y = matmul_t(x, ws[0], self.grad_dtype) + (gates.unsqueeze(-1).to(inc.dtype) * inc).sum(-2)
-        if self.bias is not None:
-            y = y + self.bias
+        if bias is not None:
+            y = y + bias
         bits = torch.tensor(self.spec.slice_bits[1:], dtype=gates.dtype, device=gates.device)
         self.last_bits = self.spec.slice_bits[0] + (gates * bits).sum(-1)
         return y
 
-    def _stacked(self, x: Tensor, chunks: tuple[int | str, ...], ws: list[Tensor]) -> Tensor:
+    def _stacked(
+        self, x: Tensor, chunks: tuple[int | str, ...], ws: list[Tensor], bias: Tensor | None
+    ) -> Tensor:
         """One forward for every entry of ``chunks`` (fixed slice counts first, ``"routed"`` last)."""
         routed = chunks[-1] == ROUTED
         fixed = chunks[:-1] if routed else chunks
@@ -113,22 +136,25 @@ class CalibLinear(nn.Module):
                 self._record_counts(xs[top])
             w = torch.stack([ws[int(k) - 1] for k in fixed])  # [P, N, K]
             y = matmul_t(xs, w, self.grad_dtype)
-            if self.bias is not None:
-                y = y + self.bias
+            if bias is not None:
+                y = y + bias
             out.append(y.reshape(b * len(fixed), *x.shape[1:-1], self.out_features))
         if routed:
-            out.append(self._routed(x[b * len(fixed) :], ws))
+            out.append(self._routed(x[b * len(fixed) :], ws, bias))
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def forward(self, x: Tensor) -> Tensor:
         mode = self.mode
+        weight, bias = self.transformed()
+        if self.let is not None:
+            x = self.let.inputs(x)
         if mode is None:
-            return F.linear(x, self.weight, self.bias)
-        scale, zero = self.quant_params()
+            return F.linear(x, weight, bias)
+        scale, zero = self.quant_params(weight)
         if isinstance(mode, tuple):
-            return self._stacked(x, mode, residual.fake_quant_all(self.weight, scale, zero, self.spec))
+            return self._stacked(x, mode, residual.fake_quant_all(weight, scale, zero, self.spec), bias)
         if mode != ROUTED:
             self._record_counts(x)
-            w = residual.fake_quant(self.weight, scale, zero, self.spec, int(mode))
-            return F.linear(x, w, self.bias)
-        return self._routed(x, residual.fake_quant_all(self.weight, scale, zero, self.spec))
+            w = residual.fake_quant(weight, scale, zero, self.spec, int(mode))
+            return F.linear(x, w, bias)
+        return self._routed(x, residual.fake_quant_all(weight, scale, zero, self.spec), bias)

@@ -27,6 +27,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
         (["--group", "8"], "power of two"),
         (["--samples", "0"], "samples must be >= 1"),
         (["--precisions", "4"], "within 1..3"),
+        (["--lr-let", "-1"], "lr_let must be >= 0"),
     ],
 )
 def test_bad_arguments(tmp_path, args, message):
