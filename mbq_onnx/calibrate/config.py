@@ -59,7 +59,8 @@ class CalibConfig:
       producer linear and its consumer linears, :mod:`.let`), started activation-aware (AWQ's
       ``s ∝ mean|x|^α``, α searched per pair on the block loss), trained with the clipping at learning rate
       ``lr_let`` (default 0: kept at that start — learning them measured worse on the ``fast`` preset) and
-      folded into the norms and producer rows after each block.
+      folded into the norms and producer rows after each block. On in ``medium`` and ``paper``: on
+      ``medium`` it cut 4-bit perplexity 5.1 % / 7.9 % (in / out of domain), 6-bit 0.3 % / 1.2 %.
     - ``budget_weight``: λ of the router's bit-budget penalty ``λ·(bits - b_1)/(B - b_1)``, against the
       routed output MSE relative to the base slice's RTN MSE.
     - ``tau_schedule``: how the runtime τ sets each gate's threshold in the artifact
@@ -139,8 +140,8 @@ PRESETS: dict[str, CalibConfig] = {
     "fast": CalibConfig(
         samples=16, seqlen=256, base_epochs=1, epochs=2, batch_size=2, lr_lwc=1e-2, holdout=4
     ),
-    # 8x the fast preset's training tokens in one joint epoch, error feedback on the learned grid:
-    # ~43 min on 2 cores for the embedded model (36 without error feedback)
+    # 8x the fast preset's training tokens in one joint epoch, the equivalent transformation, error feedback
+    # on the learned grid: 43 min on 2 cores for the embedded model without LET (36 without either)
     "medium": CalibConfig(
         samples=128,
         seqlen=256,
@@ -150,6 +151,7 @@ PRESETS: dict[str, CalibConfig] = {
         lr_lwc=1e-2,
         holdout=8,
         error_feedback=(0.75, 1.0),
+        let=True,
     ),
     # the paper's setting: 128 samples x 2048 tokens (hours on a CPU)
     "paper": CalibConfig(
@@ -160,5 +162,6 @@ PRESETS: dict[str, CalibConfig] = {
         batch_size=1,
         holdout=8,
         error_feedback=(0.75, 1.0),
+        let=True,
     ),
 }
