@@ -141,7 +141,7 @@ PRESETS: dict[str, CalibConfig] = {
         samples=16, seqlen=256, base_epochs=1, epochs=2, batch_size=2, lr_lwc=1e-2, holdout=4
     ),
     # 8x the fast preset's training tokens in one joint epoch, the equivalent transformation, error feedback
-    # on the learned grid: 43 min on 2 cores for the embedded model without LET (36 without either)
+    # on the learned grid: 62 min on 2 cores for the embedded model (43 without LET, 36 without either)
     "medium": CalibConfig(
         samples=128,
         seqlen=256,

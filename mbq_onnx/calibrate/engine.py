@@ -364,12 +364,9 @@ class _BlockCalibrator:
         return final, 0.0
 
     @torch.no_grad()
-    def init_let(self, inputs: dict[int, Tensor], target: Tensor, idx: Tensor) -> dict[str, float]:
-        """Start each LET scale activation-aware: pair by pair, the α of :data:`~.let.ALPHA_GRID` with the
-        lowest ``Σ_k MSE_k / MSE_k(no LET)`` over windows ``idx`` at the RTN grid among those that make no
-        precision worse (as the guard will demand). Returns α by producer."""
-        if not self.scales:
-            return {}
+    def input_magnitudes(self, inputs: dict[int, Tensor], idx: Tensor) -> dict[str, Tensor]:
+        """``Σ|x|`` per input channel of each LET scale's consumers (float weights, windows ``idx`` of the
+        top precision's stream), by producer."""
         magnitude: dict[str, Tensor] = {}
 
         def hook(producer: str):
@@ -390,17 +387,29 @@ class _BlockCalibrator:
         finally:
             for h in handles:
                 h.remove()
-        start = self.losses(inputs, target, idx, use_lwc=False)
+        return magnitude
+
+    @torch.no_grad()
+    def init_let(self, inputs: dict[int, Tensor], target: Tensor, idx: Tensor) -> dict[str, float]:
+        """Start each LET scale activation-aware: pair by pair, the α of :data:`~.let.ALPHA_GRID` with the
+        lowest ``Σ_k MSE_k / MSE_k(no LET)`` over windows ``idx`` at the RTN grid among those that make no
+        precision worse (as the guard will demand). Returns α by producer."""
+        if not self.scales:
+            return {}
+        magnitude = self.input_magnitudes(inputs, idx)
+        start = current = self.losses(inputs, target, idx, use_lwc=False)
         chosen = {}
         for scale in self.scales:
-            best = (math.inf, 0.0)
+            best: tuple[float, float, dict[int, float]] = (math.inf, 0.0, current)
             for alpha in ALPHA_GRID:
                 scale.set_activation_aware(magnitude[scale.producer], alpha)
-                got = self.losses(inputs, target, idx, use_lwc=False)
+                # α = 0 leaves this pair at s = 1: the losses of the pairs chosen so far, already measured
+                got = current if alpha == 0.0 else self.losses(inputs, target, idx, use_lwc=False)
                 if alpha == 0.0 or all(got[k] <= start[k] for k in got):
-                    best = min(best, (_relative(got, start), alpha))
+                    best = min(best, (_relative(got, start), alpha, got), key=lambda b: b[:2])
             scale.set_activation_aware(magnitude[scale.producer], best[1])
             chosen[scale.producer] = best[1]
+            current = best[2]
         return chosen
 
     @torch.no_grad()
@@ -556,6 +565,20 @@ class _BlockCalibrator:
 LET_SEARCH_WINDOWS = 32
 
 
+class _PhaseClock:
+    """Seconds per named phase of one block, for the block report's ``seconds_by_phase``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """Charge the time since the previous lap (or the start) to ``phase``."""
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 def _relative(losses: dict[int, float], rtn: dict[int, float]) -> float:
     return sum(v / max(rtn[k], 1e-30) for k, v in losses.items())
 
@@ -654,22 +677,29 @@ def calibrate_blocks(
         fp_out = _map_batches(block, fp_in, kw, cfg.batch_size)
         cal = _BlockCalibrator(block, block_name, spec, cfg, precs, train_routers, kw)
         try:
+            clock = _PhaseClock()
             rtn = cal.losses(streams, fp_out, train_idx, use_lwc=False)
             guard_rtn = rtn if held_idx is None else cal.losses(streams, fp_out, guard_idx, use_lwc=False)
+            clock.lap("rtn")
             let_alpha = cal.init_let(streams, fp_out, train_idx[:LET_SEARCH_WINDOWS])
             if not cfg.lr_let:  # fixed scales: fold them now, so training steps carry no transformation
                 cal.fold_let()
+            clock.lap("let")
             history = cal.train(streams, fp_out, rtn, generator, train_idx, held_idx)
+            clock.lap("train")
             train_final = cal.losses(streams, fp_out, train_idx, use_lwc=True)
             final = train_final if held_idx is None else cal.losses(streams, fp_out, guard_idx, use_lwc=True)
             alpha = 1.0
             if cfg.guard:
                 final, alpha = cal.guard(streams, fp_out, guard_idx, guard_rtn, final)
             let_scales = cal.fold_let()
+            clock.lap("guard")
             feedback = _choose_error_feedback(cal, streams, fp_out, train_idx, guard_idx, guard_rtn, final)
             final = feedback.pop("losses")
+            clock.lap("error_feedback")
             streams = cal.propagate(streams, stats)
             got_params, got_routers, got_weights, got_float = cal.export()
+            clock.lap("propagate")
         finally:
             cal.restore()
             for p, r in zip(block.parameters(), requires, strict=True):
@@ -692,6 +722,7 @@ def calibrate_blocks(
                 **({"let_alpha": let_alpha, "let_scale_range": let_scales} if cfg.let else {}),
                 "error_feedback": feedback,
                 "seconds": round(time.perf_counter() - tb, 3),
+                "seconds_by_phase": clock.seconds,
             }
         )
         bar.set_postfix({f"{spec.bits_at(k)}b": f"{final[k] / max(guard_rtn[k], 1e-30):.2f}" for k in precs})

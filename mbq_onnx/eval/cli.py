@@ -103,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma list of {', '.join(BASELINES)}, or 'none' "
         "(default: rtn,gptq and, with --artifact, single)",
     )
-    p.add_argument("--bits", help="baseline bit widths (default: the artifact's precisions, else 4,6,8)")
+    p.add_argument(
+        "--bits",
+        help="baseline bit widths: RTN, GPTQ and the single-precision runs (default: the artifact's "
+        "precisions, else 4,6,8)",
+    )
     p.add_argument("--groups", help="baseline group sizes (default: the artifact's group size, else 128)")
     p.add_argument("--act-order", action="store_true", help="GPTQ with activation order (static groups)")
     p.add_argument(

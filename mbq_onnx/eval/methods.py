@@ -151,12 +151,21 @@ def _baseline_variants(key: str) -> Callable[[Plan], Iterable[Variant]]:
     return variants
 
 
-def _per_slice_count(key: str, wanted: Callable[[Plan], bool]) -> Callable[[Plan], Iterable[Variant]]:
+def _per_slice_count(
+    key: str, wanted: Callable[[Plan], bool], baseline_bits: bool = False
+) -> Callable[[Plan], Iterable[Variant]]:
+    """One variant per slice count of the artifact; ``baseline_bits``: only those at ``--bits``."""
+
     def variants(plan: Plan) -> Iterable[Variant]:
         if plan.artifact is None or not wanted(plan):
             return []
         spec = plan.artifact.spec
-        return [Variant(key, bits=spec.bits_at(k), slices=k) for k in range(1, spec.num_slices + 1)]
+        bits = {s.bits for s in plan.baseline_specs}
+        return [
+            Variant(key, bits=spec.bits_at(k), slices=k)
+            for k in range(1, spec.num_slices + 1)
+            if not baseline_bits or spec.bits_at(k) in bits
+        ]
 
     return variants
 
@@ -304,7 +313,7 @@ METHODS: tuple[Method, ...] = (
         "same-method single precision",
         Style("^", "tab:green"),
         label=lambda v: f"single-precision calib {v.bits}-bit",
-        variants=_per_slice_count("single", lambda plan: "single" in plan.baselines),
+        variants=_per_slice_count("single", lambda plan: "single" in plan.baselines, baseline_bits=True),
         evaluate=_eval_single,
         baseline=True,
     ),

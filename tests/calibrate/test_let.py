@@ -11,6 +11,7 @@ from calib_checks import assert_artifact_runs_like_fake_quant
 
 from mbq_onnx.calibrate import CalibConfig, calibrate, write_artifact
 from mbq_onnx.calibrate.engine import _BlockCalibrator, capture_block_inputs
+from mbq_onnx.calibrate.let import ALPHA_GRID
 from mbq_onnx.model.surgery import decoder_layers, layer_output
 from mbq_onnx.quant.spec import QuantSpec
 
@@ -159,6 +160,37 @@ def test_activation_aware_start_follows_input_magnitude_and_never_loses_to_none(
     after = cal.losses(streams, ref, idx, use_lwc=False)
     cal.restore()
     assert sum(after[k] / start[k] for k in start) <= len(start) + 1e-9
+
+
+def test_activation_aware_search_equals_measuring_every_alpha(tiny_llama):
+    """The search reuses the losses it already has for α = 0 (s = 1); the α it picks, and the block it
+    leaves, are those of measuring every candidate afresh."""
+    block, x, kw, ref = _first_block(tiny_llama(seed=0))
+    cal = _BlockCalibrator(block, "model.layers.0", SPEC, CalibConfig(let=True), [1, 2, 3], False, kw)
+    streams, idx = {k: x for k in (1, 2, 3)}, torch.arange(x.shape[0])
+    magnitude = cal.input_magnitudes(streams, idx)
+    start = cal.losses(streams, ref, idx, use_lwc=False)
+    expected = {}
+    for scale in cal.scales:
+        candidates = []
+        for alpha in ALPHA_GRID:
+            scale.set_activation_aware(magnitude[scale.producer], alpha)
+            got = cal.losses(streams, ref, idx, use_lwc=False)
+            if alpha == 0.0 or all(got[k] <= start[k] for k in got):
+                candidates.append((sum(got[k] / start[k] for k in got), alpha))
+        expected[scale.producer] = min(candidates)[1]
+        scale.set_activation_aware(magnitude[scale.producer], expected[scale.producer])
+    searched = cal.losses(streams, ref, idx, use_lwc=False)
+    for scale in cal.scales:
+        scale.reset()
+
+    calls = []
+    measure = cal.losses
+    cal.losses = lambda *a, **k: calls.append(1) or measure(*a, **k)
+    assert cal.init_let(streams, ref, idx) == expected
+    assert len(calls) == 1 + len(cal.scales) * (len(ALPHA_GRID) - 1)
+    assert measure(streams, ref, idx, use_lwc=False) == searched
+    cal.restore()
 
 
 def test_unfold_gives_the_untransformed_block_back(tiny_llama):

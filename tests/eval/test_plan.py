@@ -89,7 +89,7 @@ def test_with_an_artifact_every_method_in_table_order(tiny_artifact, model_dir, 
         "float32",
         "RTN 4-bit g16", "RTN 8-bit g16",
         "GPTQ 4-bit g16", "GPTQ 8-bit g16",
-        "single-precision calib 4-bit", "single-precision calib 6-bit", "single-precision calib 8-bit",
+        "single-precision calib 4-bit", "single-precision calib 8-bit",  # --bits: baselines only
         "MoBiQuant 1 slice (4-bit)", "MoBiQuant 2 slices (6-bit)", "MoBiQuant 3 slices (8-bit)",
         "MoBiQuant τ=0.3", "MoBiQuant τ=0.7",
         "MoBiQuant random routing (bits of τ=0.3)", "MoBiQuant random routing (bits of τ=0.7)",
